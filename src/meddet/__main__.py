@@ -1,0 +1,5 @@
+"""``python -m meddet`` (and ``torchrun -m meddet``) runs the command-line program."""
+
+from meddet.cli import main
+
+main()

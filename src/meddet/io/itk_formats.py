@@ -1,0 +1,129 @@
+"""NIfTI, NRRD and MetaImage files, read and written through SimpleITK.
+
+Why SimpleITK: it converts NIfTI's RAS convention to the LPS one DICOM and meddet use, so geometry survives a
+round trip without hand-written flips. The one thing NIfTI cannot hold is a sheared grid (gantry tilt): ITK would
+silently coerce it to an orthogonal one, so meddet refuses instead and points to the formats that can.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from meddet.errors import MeddetInputError
+from meddet.volume import Volume
+
+ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+MAX_VOXELS = 2**31 // 4  # 2 GiB of float32: far beyond any CT, small enough to refuse nonsense headers
+
+
+def has_itk_suffix(path: str | Path) -> bool:
+    """True for the file names this module reads and writes."""
+    return str(path).lower().endswith(ITK_SUFFIXES)
+
+
+def _nifti_is_complete(path: Path) -> bool:
+    """True when a NIfTI file holds all the voxel bytes its header promises.
+
+    Why: ITK fills a truncated NIfTI with zeros without a word (NRRD and MetaImage readers do complain).
+    """
+    try:
+        header = nib.load(str(path)).header
+    except Exception:  # nibabel raises many types; ITK parsed this header, so the file itself is cut or damaged
+        return False
+    needed = int(header.get_data_offset()) + int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
+    if not path.name.lower().endswith(".gz"):
+        return path.stat().st_size >= needed
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while total < needed and (chunk := stream.read(1 << 22)):
+                total += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        return False
+    return total >= needed
+
+
+def read_itk_file(path: str | Path, modality: str = "OT") -> Volume:
+    """Read a 3D NIfTI/NRRD/MHA file; header first, so an absurd size is refused before allocation."""
+    path = Path(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise MeddetInputError(
+            "This file could not be read as a NIfTI, NRRD or MetaImage file (damaged or not an image).",
+            path,
+            "Check that the file was copied completely; re-export it from the scanner or viewer.",
+        ) from exc
+    size = reader.GetSize()
+    dims = len(size)
+    if dims == 4 and size[3] == 1:
+        dims = 3
+    if dims != 3:
+        raise MeddetInputError(
+            f"This image has {len(size)} dimensions (size {size}); meddet needs a single 3D volume.",
+            path,
+            "Export one 3D volume (one time point, one channel) per file.",
+        )
+    if reader.GetNumberOfComponents() != 1:
+        raise MeddetInputError(
+            f"This image has {reader.GetNumberOfComponents()} values per voxel (colour or vector image).",
+            path,
+            "meddet reads greyscale scans; export the scan itself, not a coloured rendering.",
+        )
+    if int(np.prod(size, dtype=np.int64)) > MAX_VOXELS:
+        raise MeddetInputError(
+            f"The header claims {size[0]}×{size[1]}×{size[2]} voxels, more than any scan meddet accepts.",
+            path,
+            "The file header is probably damaged; re-export the scan.",
+        )
+    if path.name.lower().endswith((".nii", ".nii.gz")) and not _nifti_is_complete(path):
+        raise MeddetInputError(
+            "The image header is readable but its voxel data is missing or damaged (truncated file?).",
+            path,
+            "Copy the file again from its source.",
+        )
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise MeddetInputError(
+            "The image header is readable but its voxel data is missing or damaged (truncated file?).",
+            path,
+            "Copy the file again from its source.",
+        ) from exc
+    if image.GetDimension() == 4:
+        image = image[:, :, :, 0]
+    volume = Volume.from_sitk(image, modality=modality, metadata={"source_files": [str(path)]})
+    if min(volume.spacing) < 0.01 or max(volume.spacing) > 50:
+        volume.warnings.append(
+            f"Unusual voxel spacing {tuple(round(s, 4) for s in volume.spacing)} mm: check the file's header "
+            "(a spacing of 1 often means the exporter lost it)."
+        )
+    return volume
+
+
+def write_itk_file(volume: Volume, path: str | Path) -> Path:
+    """Write ``volume`` as NIfTI/NRRD/MHA (by suffix), compressed. Refuses sheared grids for NIfTI."""
+    path = Path(path)
+    if not has_itk_suffix(path):
+        raise MeddetInputError(
+            f"Unknown output format for '{path.name}'.",
+            path,
+            f"Use one of: {', '.join(ITK_SUFFIXES)}, or a folder for a DICOM series.",
+        )
+    if path.name.lower().endswith((".nii", ".nii.gz")) and not volume.is_orthogonal:
+        raise MeddetInputError(
+            "This series is gantry-tilted (its slices are sheared); NIfTI cannot store that grid exactly.",
+            path,
+            "Write .nrrd or .mha instead, or resample onto an orthogonal grid (meddet convert --correct-tilt).",
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(volume.to_sitk(), str(path), True)
+    return path
