@@ -78,6 +78,90 @@ def phantom(
     console.print(f"Wrote {n} phantom case(s) to {out} in {time.perf_counter() - start:.1f} s")
 
 
+@app.command()
+def plan(
+    dataset: Path = typer.Argument(..., help="Dataset folder (dataset.json, imagesTr/, labelsTr/) or a CSV of image,label pairs."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write plan.json (default: DATASET/plan.json)."),
+    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="Plan for a GPU with this many GiB instead of this CPU."),
+    step_seconds: float = typer.Option(2.0, "--step-seconds", help="CPU budget: seconds per training step."),
+    model: Optional[str] = typer.Option(None, "--model", help="Override the model (see `meddet models`)."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="Override the loss: dice, focal, dice_ce, dice_focal."),
+    patch_size: Optional[str] = typer.Option(None, "--patch-size", help="Override the patch size, e.g. 32,96,96 (z,y,x)."),
+    target_spacing: Optional[str] = typer.Option(None, "--target-spacing", help="Override the spacing, e.g. 1.3,1.3,2.5 (x,y,z mm)."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="Override the number of training iterations."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the batch size."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed."),
+) -> None:
+    """Fingerprint a dataset and derive a training plan (nnU-Net style), each decision with its reason."""
+    from meddet.planning.dataset import load_dataset
+    from meddet.planning.fingerprint import compute_fingerprint
+    from meddet.planning.planner import default_budget, make_plan, save_plan
+
+    def triple(text: Optional[str], cast):
+        return None if text is None else [cast(v) for v in text.split(",")]
+
+    index = load_dataset(dataset)
+    fingerprint = compute_fingerprint(index)
+    root = index.root
+    fingerprint.save(root / "fingerprint.json")
+    overrides = {
+        "model": model, "loss": loss, "patch_size": triple(patch_size, int), "target_spacing": triple(target_spacing, float),
+        "iterations": iterations, "batch_size": batch_size, "seed": seed,
+    }
+    result = make_plan(fingerprint, default_budget(gpu_memory, step_seconds), overrides, index.labels)
+    path = save_plan(result, out or root / "plan.json")
+    console.print(f"{len(index.cases)} labelled case(s), {len(index.unlabelled)} unlabelled; plan written to {path}")
+    for key, reason in result["decisions"].items():
+        console.print(f"  [bold]{key}[/]: {escape(reason)}")
+    console.print(f"  patch {result['patch_size']} batch {result['batch_size']} spacing {result['target_spacing']} "
+                  f"model {result['model']['name']} loss {result['loss']['name']}")
+
+
+@app.command()
+def train(
+    plan_path: Path = typer.Argument(..., metavar="PLAN", help="plan.json from `meddet plan`."),
+    out: Path = typer.Option(Path("runs/latest"), "--out", help="Output folder: checkpoints, log.jsonl, training_curve.png."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="Override the plan's iterations."),
+    validate_every: Optional[int] = typer.Option(None, "--validate-every", help="Validate (and checkpoint) every N iterations."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore an existing checkpoint in --out instead of resuming from it."),
+    workers: int = typer.Option(1, "--workers", help="Data-loading worker processes."),
+) -> None:
+    """Train the plan's model (resumes from OUT/checkpoint_last.pt; run under torchrun for several processes)."""
+    from meddet.training.trainer import train as run_training
+
+    summary = run_training(plan_path, out, iterations=iterations, validate_every=validate_every, resume=not fresh, num_workers=workers)
+    if summary["rank"] == 0:
+        console.print(f"Done: {summary['iterations']} iterations, best validation Dice {summary['best_val_dice']:.3f}; see {out}")
+
+
+@app.command()
+def models(
+    patch_size: str = typer.Option("64,128,128", "--patch-size", help="Patch size z,y,x for the GFLOPs column."),
+    in_channels: int = typer.Option(1, "--in-channels", help="Input channels."),
+    plan_path: Optional[Path] = typer.Option(None, "--plan", help="Take patch size and channels from a plan."),
+) -> None:
+    """List the registered models with their parameters and GFLOPs at a patch size."""
+    from rich.table import Table
+
+    from meddet.networks.registry import describe_models
+
+    patch = tuple(int(v) for v in patch_size.split(","))
+    out_channels = 2
+    if plan_path is not None:
+        from meddet.planning.planner import load_plan
+
+        loaded = load_plan(plan_path)
+        patch, in_channels, out_channels = tuple(loaded["patch_size"]), len(loaded["channel_names"]), loaded["num_classes"]
+    table = Table(title=f"meddet models at patch {'×'.join(map(str, patch))}, {in_channels} input channel(s)")
+    for column in ("name", "parameters", "GFLOPs (forward)", "summary"):
+        table.add_column(column)
+    for row in describe_models(patch, in_channels, out_channels):
+        params = f"{row['parameters'] / 1e6:.2f} M" if row["parameters"] else "—"
+        gflops = f"{row['gflops']:.1f}" if row["gflops"] is not None else row["note"]
+        table.add_row(row["name"], params, escape(gflops), escape(row["summary"]))
+    console.print(table)
+
+
 def _configure_logging() -> None:
     logging.basicConfig(
         level=logging.WARNING,

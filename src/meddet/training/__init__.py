@@ -1,0 +1,1 @@
+"""Training: losses, patch sampling and augmentation (and, later, the training loop)."""

@@ -1,0 +1,273 @@
+"""Training-patch augmentation, CutMix between cases, and foreground-oversampled patch sampling.
+
+Arrays are channel-first without a batch axis: ``image`` (C, D, H, W) float in normalised units, ``label``
+(1, D, H, W) integer class indices. The spatial transforms move image and label together (label with
+nearest-neighbour interpolation, so it stays a set of class indices); intensity transforms touch the image only.
+
+Why these augmentations and ranges (the nnU-Net set, narrowed for lung CT):
+- rotation +-15 degrees and scaling 0.9-1.1: patient positioning and body size vary a little; nodules are roughly
+  spherical, so larger rotations add little and cost interpolation blur.
+- Gaussian noise sigma 0.01 (normalised units) and gamma 0.8-1.2: scanner noise and reconstruction-kernel
+  contrast differences, without changing which structures are visible.
+- mirroring on every axis: lungs are near-symmetric left-right and the model should not learn absolute position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from math import radians
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import (
+    AdjustContrast,
+    CastToTyped,
+    Compose,
+    EnsureTyped,
+    MapTransform,
+    RandFlipd,
+    RandGaussianNoised,
+    RandomizableTransform,
+    RandRotated,
+    RandZoomd,
+)
+
+KEYS = ("image", "label")
+ROTATION_DEGREES = 15.0
+ZOOM_RANGE = (0.9, 1.1)
+NOISE_STD = 0.01
+GAMMA_RANGE = (0.8, 1.2)
+OVERSAMPLE_FOREGROUND = 0.33  # nnU-Net's oversample_foreground_percent
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Per-patch augmentation (MONAI dictionary transforms)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class RandGammad(RandomizableTransform, MapTransform):
+    """Gamma on each channel's min-max-rescaled intensities, mapped back to that channel's own range.
+
+    Why not ``RandAdjustContrastd`` directly: MONAI's ``AdjustContrast`` (which we reuse per channel) does map back
+    to the original range, but it takes the min and max over all channels at once; with two modalities of
+    different ranges, the smaller one would be squashed towards the other's scale. As in nnU-Net, one gamma is
+    drawn per channel; each channel keeps its min and max exactly.
+    """
+
+    def __init__(
+        self, keys: Sequence[Hashable] | Hashable, prob: float, gamma_range: tuple[float, float] = GAMMA_RANGE
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.gamma_range = gamma_range
+        self.gammas: list[float] = []
+
+    def randomize(self, data: Any = None, channels: int = 1) -> None:
+        super().randomize(None)
+        self.gammas = [float(self.R.uniform(*self.gamma_range)) for _ in range(channels)] if self._do_transform else []
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        self.randomize(channels=max((len(d[k]) for k in keys), default=1))
+        if not self._do_transform:
+            return d
+        for key in keys:
+            image = d[key]
+            adjusted = [AdjustContrast(gamma)(channel) for channel, gamma in zip(image, self.gammas)]
+            d[key] = torch.stack([torch.as_tensor(a) for a in adjusted]).to(torch.as_tensor(image).dtype)
+        return d
+
+
+def spatial_transforms(prob: float, flip_prob: float = 0.5) -> list[Any]:
+    """Rotation, scaling and per-axis mirroring of image and label together.
+
+    Image: (tri)linear interpolation, border padding (no artificial edge at some made-up intensity). Label:
+    nearest neighbour (``nearest-exact`` for zoom: torch's plain ``nearest`` shifts by up to half a voxel), zero
+    padding (nothing outside the patch is a lesion).
+    """
+    r = radians(ROTATION_DEGREES)
+    return [
+        RandRotated(
+            KEYS, range_x=r, range_y=r, range_z=r, prob=prob, keep_size=True,
+            mode=("bilinear", "nearest"), padding_mode=("border", "zeros"),
+        ),
+        RandZoomd(
+            KEYS, prob=prob, min_zoom=ZOOM_RANGE[0], max_zoom=ZOOM_RANGE[1], keep_size=True,
+            mode=("trilinear", "nearest-exact"), padding_mode=("edge", "constant"),
+        ),
+        *(RandFlipd(KEYS, prob=flip_prob, spatial_axis=axis) for axis in range(3)),
+    ]  # fmt: skip
+
+
+def intensity_transforms(prob: float) -> list[Any]:
+    """Gaussian noise and gamma, on the image only."""
+    return [
+        RandGaussianNoised("image", prob=prob, mean=0.0, std=NOISE_STD, sample_std=False),
+        RandGammad("image", prob=prob),
+    ]
+
+
+def build_augmentation(prob: float = 0.2, seed: int = 0, flip_prob: float = 0.5) -> Compose:
+    """The full patch augmentation: spatial, then intensity, then plain tensors (image float32, label int64).
+
+    ``prob`` is the probability of each rotation / scaling / noise / gamma transform (nnU-Net uses 0.1-0.3);
+    mirroring has its own ``flip_prob`` per axis (nnU-Net: 0.5). ``seed`` makes the sequence reproducible.
+    Each DataLoader worker holds a copy with the same seed: use ``monai.data.DataLoader`` (which reseeds
+    workers) or reseed in ``worker_init_fn``, or every worker will draw the same augmentations.
+    """
+    pipeline = Compose(
+        [
+            *spatial_transforms(prob, flip_prob),
+            *intensity_transforms(prob),
+            EnsureTyped(KEYS, track_meta=False),
+            CastToTyped(KEYS, dtype=(torch.float32, torch.int64)),
+        ]
+    )
+    pipeline.set_random_state(seed=seed)
+    return pipeline
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CutMix between two cases
+# --------------------------------------------------------------------------------------------------------------
+
+Box = tuple[slice, slice, slice]
+
+
+def cutmix(
+    image_a: Any, label_a: Any, image_b: Any, label_b: Any, rng: np.random.Generator, alpha: float = 1.0
+) -> tuple[Any, Any, Box]:
+    """Paste a random box of case b into case a, image and label alike; returns (image, label, box).
+
+    The pasted fraction of the volume is drawn from Beta(alpha, alpha) (alpha=1: uniform) and the box has that
+    fraction of each side's cube root, so it keeps the patch's aspect ratio; the box lies wholly inside the patch,
+    so the mixed fraction is the drawn one up to rounding. Why for lesions: it puts nodules in new surroundings
+    and creates patches with lesions from two cases, without any interpolation. Works on numpy arrays or torch
+    tensors (C, D, H, W) / (1, D, H, W); a and b must share the spatial shape. Inputs are not modified.
+    """
+    spatial = tuple(image_a.shape[1:])
+    for name, array in (("label_a", label_a), ("image_b", image_b), ("label_b", label_b)):
+        if tuple(array.shape[1:]) != spatial:
+            raise ValueError(f"cutmix: {name} has spatial shape {tuple(array.shape[1:])}, image_a has {spatial}")
+    fraction = float(rng.beta(alpha, alpha))
+    sides = [min(s, int(round(s * fraction ** (1 / 3)))) for s in spatial]
+    starts = [int(rng.integers(0, s - side + 1)) for s, side in zip(spatial, sides)]
+    box: Box = tuple(slice(st, st + side) for st, side in zip(starts, sides))  # type: ignore[assignment]
+    index = (slice(None), *box)
+    image, label = _copy(image_a), _copy(label_a)
+    image[index] = image_b[index]
+    label[index] = label_b[index]
+    return image, label, box
+
+
+def _copy(array: Any) -> Any:
+    return array.clone() if isinstance(array, torch.Tensor) else np.array(array, copy=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Patch sampling with foreground oversampling
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A training patch; unpacks as ``image, label = patch``.
+
+    ``start`` is the patch's corner in the case's voxel grid (negative where the case was padded); ``forced`` says
+    whether it was centred on a lesion.
+    """
+
+    image: np.ndarray
+    label: np.ndarray
+    start: tuple[int, int, int]
+    forced: bool
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter((self.image, self.label))
+
+
+def foreground_voxels(label: np.ndarray) -> np.ndarray:
+    """(N, 3) [z, y, x] lesion voxels of a (1, D, H, W) or (D, H, W) label; compute once per case and reuse."""
+    label = np.asarray(label)
+    return np.argwhere((label[0] if label.ndim == 4 else label) > 0)
+
+
+def sample_patch(
+    image: np.ndarray,
+    label: np.ndarray,
+    patch_size: Sequence[int],
+    rng: np.random.Generator,
+    force_foreground: bool,
+    foreground: np.ndarray | None = None,
+) -> Patch:
+    """Crop one (C, *patch_size) patch; with ``force_foreground`` it contains a lesion voxel (if the case has one).
+
+    Forced patches centre on a random lesion voxel, shifted by up to a quarter patch per axis so the lesion is not
+    always at the centre (the network would learn "lesions are in the middle"); the lesion voxel always stays
+    inside. Unforced patches are uniform over the case. A case with no lesion gives an unforced patch.
+
+    ``label`` may be (1, D, H, W) or (D, H, W); the patch's label has the same layout. ``foreground`` takes
+    precomputed ``foreground_voxels`` (a subsample is fine) to avoid scanning the label on every call. Only the
+    patch is read, so memory-mapped cases stay cheap. Axes shorter than the patch are padded symmetrically: image
+    with each channel's minimum within the patch (outside the scan is air-like; zero in normalised units would be
+    soft tissue), label with background.
+    """
+    patch = tuple(int(p) for p in patch_size)
+    spatial = tuple(image.shape[1:])
+    if tuple(label.shape[-3:]) != spatial:
+        raise ValueError(f"sample_patch: label shape {tuple(label.shape)} does not match image shape {image.shape}")
+    # the case padded (virtually) to at least the patch: voxel v of the case sits at v + offset
+    offset = [max(p - s, 0) // 2 for p, s in zip(patch, spatial)]
+    padded = [max(p, s) for p, s in zip(patch, spatial)]
+    coords = np.empty((0, 3), dtype=int)
+    if force_foreground:
+        coords = foreground_voxels(label) if foreground is None else np.asarray(foreground).reshape(-1, 3)
+    forced = len(coords) > 0
+    if forced:
+        centre = coords[rng.integers(len(coords))] + offset
+        jitter = [int(rng.integers(-(p // 4), p // 4 + 1)) for p in patch]
+        start = [int(np.clip(c - p // 2 + j, 0, s - p)) for c, p, j, s in zip(centre, patch, jitter, padded)]
+    else:
+        start = [int(rng.integers(0, s - p + 1)) for s, p in zip(padded, patch)]
+    origin = tuple(st - o for st, o in zip(start, offset))
+    image_patch, label_patch = _crop_padded(np.asarray(image), np.asarray(label), origin, patch)
+    return Patch(image_patch, label_patch, origin, forced)  # type: ignore[arg-type]
+
+
+def _crop_padded(
+    image: np.ndarray, label: np.ndarray, origin: Sequence[int], patch: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read the part of the window ``origin + patch`` that lies in the case, and pad the rest."""
+    spatial = image.shape[1:]
+    lo = [max(o, 0) for o in origin]
+    hi = [min(o + p, s) for o, p, s in zip(origin, patch, spatial)]
+    window = tuple(slice(a, b) for a, b in zip(lo, hi))
+    widths = [(a - o, o + p - b) for a, b, o, p in zip(lo, hi, origin, patch)]
+    image_crop = np.array(image[(slice(None), *window)])
+    label_crop = np.array(label[(..., *window)])
+    if not any(before or after for before, after in widths):
+        return image_crop, label_crop
+    image_crop = np.stack([np.pad(ch, widths, constant_values=ch.min()) for ch in image_crop])
+    label_widths = [(0, 0)] * (label_crop.ndim - 3) + widths
+    return image_crop, np.pad(label_crop, label_widths, constant_values=0)
+
+
+def draw_patch(
+    image: np.ndarray,
+    label: np.ndarray,
+    patch_size: Sequence[int],
+    rng: np.random.Generator,
+    oversample_foreground: float = OVERSAMPLE_FOREGROUND,
+    foreground: np.ndarray | None = None,
+) -> Patch:
+    """``sample_patch`` forcing a lesion with probability ``oversample_foreground`` (nnU-Net: 0.33).
+
+    Why oversample: a 5 mm nodule fills ~0.01 % of a lung CT, so uniform patches would almost never show one.
+    Why only a third: the rest teach the model what lesion-free lung (vessels, fissures, scars) looks like, which
+    is where the false positives come from.
+    """
+    force = bool(rng.random() < oversample_foreground)
+    return sample_patch(image, label, patch_size, rng, force_foreground=force, foreground=foreground)

@@ -1,0 +1,126 @@
+"""Segmentation losses by name, for logits (B, C, D, H, W) against integer label maps (B, 1, D, H, W).
+
+All losses apply softmax to the logits and one-hot encode the labels themselves, so the model returns raw logits
+and the data loader returns the label map as stored; ``C`` must be at least 2 (background + lesion).
+
+Defaults, and why (lung nodules are tiny: a 5 mm nodule is ~0.01 % of a 96**3 patch):
+
+- Dice without the background class (``include_background=False``). Background Dice is ~1 on every patch; kept, it
+  halves the weight of the lesion term and adds only easy-voxel gradient. nnU-Net does the same.
+- Batch Dice (``batch=True``): intersection and sums are pooled over the whole batch before the ratio. About two
+  patches in three hold no lesion (foreground oversampling forces only one in three); per-sample Dice on such a
+  patch is ~0 if the model predicts nothing and ~1 after a single false-positive voxel, a noisy all-or-nothing
+  signal. Pooled, the denominator is the batch's lesion volume and false positives are penalised in proportion.
+- A voxel-wise term (cross-entropy or focal) over *all* classes, background included: it keeps the background
+  probabilities calibrated and gives gradient on lesion-free batches, where Dice without background is flat.
+- Focal ``gamma=2`` (Lin et al.): down-weights the millions of easy background voxels by (1 - p_t)**2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from monai.losses import DiceCELoss, DiceLoss, FocalLoss
+from torch import nn
+
+from meddet.errors import MeddetInputError
+
+DICE_DEFAULTS: dict[str, Any] = {
+    "include_background": False,
+    "to_onehot_y": True,
+    "softmax": True,
+    "batch": True,
+    "smooth_nr": 1e-5,
+    "smooth_dr": 1e-5,
+}
+FOCAL_KEYS = ("gamma", "alpha", "weight")
+
+
+class VoxelFocalLoss(nn.Module):
+    """Softmax focal loss per voxel (summed over classes), averaged over voxels: equals cross-entropy at gamma=0.
+
+    Why not MONAI ``FocalLoss(reduction="mean")`` directly: that mean also runs over the class axis, dividing the
+    loss by C, so its scale would not match the cross-entropy it replaces in dice+focal. Background is always
+    included: with ``include_background=False`` MONAI drops the background logit *before* the softmax, and with
+    two classes the softmax of the single remaining logit is 1 everywhere, so the loss would be identically 0.
+    """
+
+    def __init__(self, gamma: float = 2.0, alpha: float | None = None, weight: Any = None) -> None:
+        super().__init__()
+        self.focal = FocalLoss(
+            include_background=True,
+            to_onehot_y=True,
+            gamma=gamma,
+            alpha=alpha,
+            weight=weight,
+            reduction="none",
+            use_softmax=True,
+        )
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.focal(logits, target).sum(dim=1).mean()
+
+
+class DiceFocalLoss(nn.Module):
+    """``lambda_dice * Dice + lambda_focal * VoxelFocalLoss``.
+
+    Why not MONAI ``DiceFocalLoss``: in MONAI 1.6 its focal term is built without ``use_softmax``, so it applies a
+    per-channel sigmoid to the logits even when ``softmax=True`` (inconsistent with the Dice term), and it drops
+    the background channel from the focal term too whenever Dice excludes it.
+    """
+
+    def __init__(self, lambda_dice: float = 1.0, lambda_focal: float = 1.0, **kw: Any) -> None:
+        super().__init__()
+        focal_kw = {k: kw.pop(k) for k in FOCAL_KEYS if k in kw}
+        self.dice = DiceLoss(**{**DICE_DEFAULTS, **kw})
+        self.focal = VoxelFocalLoss(**focal_kw)
+        self.lambda_dice = lambda_dice
+        self.lambda_focal = lambda_focal
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.lambda_dice * self.dice(logits, target) + self.lambda_focal * self.focal(logits, target)
+
+
+def _dice(**kw: Any) -> nn.Module:
+    return DiceLoss(**{**DICE_DEFAULTS, **kw})
+
+
+def _focal(**kw: Any) -> nn.Module:
+    if kw.pop("include_background", True) is False:
+        raise ValueError("focal: the background class must stay in (see VoxelFocalLoss)")
+    return VoxelFocalLoss(**kw)
+
+
+def _dice_ce(**kw: Any) -> nn.Module:
+    # MONAI's CE term always uses every class; include_background only affects its Dice term, as we want.
+    return DiceCELoss(**{**DICE_DEFAULTS, **kw})
+
+
+_LOSSES: dict[str, Callable[..., nn.Module]] = {
+    "dice": _dice,
+    "focal": _focal,
+    "dice_ce": _dice_ce,
+    "dice_focal": DiceFocalLoss,
+}
+
+
+def available_losses() -> list[str]:
+    """Names accepted by ``build_loss``, sorted."""
+    return sorted(_LOSSES)
+
+
+def build_loss(name: str, **kw: Any) -> nn.Module:
+    """Loss ``name`` (dice, focal, dice_ce, dice_focal); ``kw`` override the defaults in the module docstring.
+
+    Every loss is called as ``loss(logits, labels)`` with logits (B, C, D, H, W), C >= 2, and integer labels
+    (B, 1, D, H, W) holding class indices, and returns a scalar.
+    """
+    try:
+        factory = _LOSSES[name]
+    except KeyError:
+        raise MeddetInputError(
+            f"Unknown loss '{name}'.", hint=f"Choose one of: {', '.join(available_losses())}."
+        ) from None
+    return factory(**kw)

@@ -1,0 +1,106 @@
+"""Losses on inputs whose answer is known by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from meddet.errors import MeddetInputError
+from meddet.training.losses import available_losses, build_loss
+
+ALL = ["dice", "dice_ce", "dice_focal", "focal"]
+
+
+def _labels() -> torch.Tensor:
+    """Two 8**3 patches, a 2**3 lesion in the first and none in the second (integer map, B1DHW)."""
+    labels = torch.zeros(2, 1, 8, 8, 8, dtype=torch.uint8)
+    labels[0, 0, 2:4, 2:4, 2:4] = 1
+    return labels
+
+
+def _logits_for(labels: torch.Tensor, confidence: float) -> torch.Tensor:
+    """Two-class logits that put ``confidence`` (in logit units) on the given labels."""
+    one_hot = torch.cat([labels == 0, labels == 1], dim=1).float()
+    return confidence * (2 * one_hot - 1)
+
+
+def test_registry() -> None:
+    assert available_losses() == ALL
+    with pytest.raises(MeddetInputError, match="Unknown loss"):
+        build_loss("lovasz")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_perfect_prediction_is_near_zero(name: str) -> None:
+    labels = _labels()
+    assert build_loss(name)(_logits_for(labels, 20.0), labels).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_dice_totally_wrong_is_near_one() -> None:
+    labels = _labels()
+    assert build_loss("dice")(_logits_for(labels, -20.0), labels).item() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("name", ["dice_ce", "dice_focal", "focal"])
+def test_totally_wrong_is_much_worse_than_right(name: str) -> None:
+    labels = _labels()
+    loss = build_loss(name)
+    assert loss(_logits_for(labels, -5.0), labels) > 10 * loss(_logits_for(labels, 5.0), labels)
+
+
+def test_dice_hand_computed() -> None:
+    """Four voxels, one lesion voxel; lesion probabilities 0.75, 0.75, 0.25, 0.5.
+
+    Foreground Dice = 2 * 0.75 / (sum p + sum t) = 1.5 / (2.25 + 1) -> loss 1 - 1.5 / 3.25 = 0.538462.
+    """
+    p = torch.tensor([0.75, 0.75, 0.25, 0.5])
+    lesion_logit = torch.log(p / (1 - p))  # softmax([0, l]) gives p for class 1
+    logits = torch.stack([torch.zeros(4), lesion_logit]).reshape(1, 2, 1, 2, 2)
+    labels = torch.tensor([1, 0, 0, 0]).reshape(1, 1, 1, 2, 2)
+    assert build_loss("dice")(logits, labels).item() == pytest.approx(1 - 1.5 / 3.25, abs=1e-5)
+
+
+def test_focal_is_below_cross_entropy_for_well_classified_voxels() -> None:
+    labels = _labels()
+    logits = _logits_for(labels, 1.5)  # p_t = sigmoid(3) ~ 0.95: well classified
+    ce = F.cross_entropy(logits, labels[:, 0].long())
+    focal = build_loss("focal")(logits, labels)
+    p_t = 1 / (1 + math.exp(-3.0))
+    assert focal.item() == pytest.approx((1 - p_t) ** 2 * ce.item(), rel=1e-4)  # (1 - p_t)^gamma * CE
+    assert focal < 0.01 * ce
+
+
+def test_focal_with_gamma_zero_is_cross_entropy() -> None:
+    """The voxel-wise term has cross-entropy's scale, so dice+focal weighs like dice+CE."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4, 4)
+    labels = torch.randint(0, 3, (2, 1, 4, 4, 4))
+    ce = F.cross_entropy(logits, labels[:, 0])
+    assert build_loss("focal", gamma=0.0)(logits, labels).item() == pytest.approx(ce.item(), rel=1e-5)
+
+
+def test_focal_refuses_to_drop_background() -> None:
+    with pytest.raises(ValueError, match="background"):
+        build_loss("focal", include_background=False)
+
+
+def test_batch_dice_ignores_a_lesion_free_patch_that_is_predicted_empty() -> None:
+    """With batch Dice the empty second patch neither helps nor hurts; per-sample Dice would average it in."""
+    labels = _labels()
+    logits = _logits_for(labels, 20.0)
+    logits[0, :, 2, 2, 2] = torch.tensor([20.0, -20.0])  # miss one of the 8 lesion voxels
+    expected = 1 - 2 * 7 / (7 + 8)
+    assert build_loss("dice")(logits, labels).item() == pytest.approx(expected, abs=1e-4)
+    per_sample = build_loss("dice", batch=False)(logits, labels).item()
+    assert per_sample == pytest.approx(expected / 2, abs=1e-4)
+
+
+def test_losses_give_gradients() -> None:
+    labels = _labels()
+    for name in ALL:
+        logits = torch.zeros(2, 2, 8, 8, 8, requires_grad=True)
+        build_loss(name)(logits, labels).backward()
+        assert logits.grad is not None and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0

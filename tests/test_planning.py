@@ -1,0 +1,93 @@
+"""Plan decisions on synthetic fingerprints, and reading the dataset layouts."""
+
+import json
+
+import numpy as np
+import pytest
+
+from meddet.errors import MeddetInputError
+from meddet.planning.dataset import load_dataset
+from meddet.planning.fingerprint import Fingerprint
+from meddet.planning.planner import Budget, choose_target_spacing, make_plan
+
+
+def _fingerprint(spacings, shapes, channels=("CT",)) -> Fingerprint:
+    stats = {"mean": -100.0, "std": 300.0, "percentile_00_5": -800.0, "percentile_99_5": 200.0, "min": -1000.0, "max": 400.0}
+    return Fingerprint("x", list(channels), [list(s) for s in spacings], [list(s) for s in shapes],
+                       [dict(stats) for _ in channels], [5.0, 8.0, 12.0], [1, 2, 0])
+
+
+def test_isotropic_data_uses_median_spacing():
+    fp = _fingerprint([(0.7, 0.7, 1.0), (0.8, 0.8, 1.25), (0.9, 0.9, 1.5)], [(200, 256, 256)] * 3)
+    spacing, reason = choose_target_spacing(fp)
+    assert spacing == [0.8, 0.8, 1.25]
+    assert "anisotropic" not in reason
+
+
+def test_anisotropic_axis_uses_10th_percentile():
+    z = [5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 1.0, 1.0, 1.0, 1.0]  # median 5 mm > 3 × 0.7 mm in-plane
+    fp = _fingerprint([(0.7, 0.7, s) for s in z], [(60, 256, 256)] * len(z))
+    spacing, reason = choose_target_spacing(fp)
+    assert spacing[:2] == [0.7, 0.7]
+    assert spacing[2] == pytest.approx(np.percentile(z, 10))
+    assert "anisotropic" in reason
+
+
+def test_smaller_budget_gives_smaller_patch():
+    fp = _fingerprint([(1.0, 1.0, 1.0)] * 3, [(160, 160, 160)] * 3)
+    big = make_plan(fp, Budget(memory_gib=8.0, step_seconds=None, device="cuda"))
+    small = make_plan(fp, Budget(memory_gib=0.25, step_seconds=None, device="cuda"))
+    assert np.prod(small["patch_size"]) < np.prod(big["patch_size"])
+    assert small["budget"]["estimated_step_memory_gib"] <= 0.25
+    cpu = make_plan(fp, Budget(memory_gib=8.0, step_seconds=1.0, device="cpu"))
+    assert cpu["budget"]["estimated_step_seconds"] <= 1.0
+    for plan in (big, small, cpu):
+        strides = np.array(plan["model"]["strides"])
+        assert all(p % int(np.prod(strides[:, a])) == 0 for a, p in enumerate(plan["patch_size"]))
+
+
+def test_plan_records_reasons_normalisation_and_overrides():
+    fp = _fingerprint([(0.8, 0.8, 2.0)] * 3, [(100, 256, 256)] * 3, channels=("CT", "PET"))
+    plan = make_plan(fp, Budget(2.0, 2.0, "cpu"), {"loss": "dice_focal", "patch_size": [32, 64, 64]}, {"background": 0, "nodule": 1})
+    assert plan["normalization"][0] == {"channel": "CT", "scheme": "ct_clip_zscore", "low": -800.0, "high": 200.0, "mean": -100.0, "std": 300.0}
+    assert plan["normalization"][1]["scheme"] == "zscore"
+    assert plan["loss"]["name"] == "dice_focal" and plan["decisions"]["loss"] == "set by the user"
+    assert plan["patch_size"] == [32, 64, 64] and plan["decisions"]["patch_size"] == "set by the user"
+    assert plan["crop"] == "lung"
+    assert all(isinstance(v, str) and v for v in plan["decisions"].values())
+
+
+def test_swin_unetr_patch_is_rounded_to_its_divisor():
+    fp = _fingerprint([(1.0, 1.0, 1.0)] * 3, [(100, 150, 150)] * 3)
+    plan = make_plan(fp, Budget(2.0, 3.0, "cpu"), {"model": "swin_unetr"})
+    assert all(p % 32 == 0 and p >= 64 for p in plan["patch_size"])
+
+
+def test_msd_layout_with_channels_and_unlabelled(tmp_path):
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    for case in ("a", "b"):
+        for ch in (0, 1):
+            (tmp_path / "imagesTr" / f"{case}_{ch:04d}.nii.gz").write_bytes(b"x")
+    (tmp_path / "labelsTr" / "a.nii.gz").write_bytes(b"x")
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "nodule": 1}, "file_ending": ".nii.gz"}))
+    index = load_dataset(tmp_path)
+    assert index.channel_names == ["CT", "PET"]
+    assert [c.name for c in index.cases] == ["a"] and [c.name for c in index.unlabelled] == ["b"]
+    assert [p.name for p in index.cases[0].images] == ["a_0000.nii.gz", "a_0001.nii.gz"]
+    (tmp_path / "imagesTr" / "b_0001.nii.gz").unlink()
+    with pytest.raises(MeddetInputError, match="lacks channel"):
+        load_dataset(tmp_path)
+
+
+def test_csv_dataset(tmp_path):
+    (tmp_path / "img.nii.gz").write_bytes(b"x")
+    (tmp_path / "lab.nii.gz").write_bytes(b"x")
+    (tmp_path / "pairs.csv").write_text("image,label\nimg.nii.gz,lab.nii.gz\nimg.nii.gz,\n")
+    index = load_dataset(tmp_path / "pairs.csv")
+    assert len(index.cases) == 1 and len(index.unlabelled) == 1
+    (tmp_path / "bad.csv").write_text("image,label\nmissing.nii.gz,lab.nii.gz\n")
+    with pytest.raises(MeddetInputError, match="does not exist"):
+        load_dataset(tmp_path / "bad.csv")
+    with pytest.raises(MeddetInputError, match="no dataset.json"):
+        load_dataset(tmp_path)
