@@ -168,6 +168,7 @@ def _configure_logging() -> None:
         format="%(message)s",
         handlers=[RichHandler(console=err_console, show_time=False, show_path=False)],
     )
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # its messages may quote header values, names included
 
 
 def main() -> None:

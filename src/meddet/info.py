@@ -60,7 +60,7 @@ def describe(path: Path, series_uid: str | None, console: Console) -> Volume:
         io_logger.setLevel(previous)
     table = Table(title=f"meddet info: {escape(str(path))}", show_header=False)
     table.add_column("field", style="bold")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")
     for key, value in volume_summary(volume).items():
         table.add_row(key, escape(value))
     console.print(table)
