@@ -150,8 +150,9 @@ class Volume:
         return {k: v for k, v in self.metadata.items() if k not in IDENTIFYING_KEYS}
 
     def __repr__(self) -> str:
+        meta = {k: (f"<{len(v)} items>" if isinstance(v, (list, tuple)) else v) for k, v in self.safe_metadata().items()}
         return (
             f"Volume(shape={self.shape}, spacing={tuple(round(s, 4) for s in self.spacing)}, "
             f"origin={tuple(round(o, 2) for o in self.origin)}, orientation={self.orientation_code()}, "
-            f"modality={self.modality!r}, dtype={self.array.dtype}, metadata={self.safe_metadata()!r})"
+            f"modality={self.modality!r}, dtype={self.array.dtype}, metadata={meta!r})"
         )

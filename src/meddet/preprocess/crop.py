@@ -68,6 +68,14 @@ def crop(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
     return volume.with_array(np.ascontiguousarray(volume.array[box]), origin=tuple(origin))
 
 
+def crop_grid(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
+    """The geometry of ``crop(volume, box)`` without copying voxels (a read-only zero array), for resampling onto."""
+    start = [s.start or 0 for s in box]
+    shape = tuple(len(range(*s.indices(n))) for s, n in zip(box, volume.shape))
+    origin = volume.index_zyx_to_lps(np.array(start, dtype=float))[0]
+    return Volume(np.broadcast_to(np.uint8(0), shape), volume.spacing, tuple(origin), volume.direction.copy())
+
+
 def lung_bounding_box(volume: Volume, margin_mm: float = 10.0) -> tuple[slice, slice, slice] | None:
     """Bounding box of the lungs with ``margin_mm`` around it, or None when no lungs are found.
 
