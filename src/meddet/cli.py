@@ -162,6 +162,37 @@ def models(
     console.print(table)
 
 
+@app.command()
+def predict(
+    source: Path = typer.Argument(..., metavar="INPUT", help="DICOM folder or zip, NIfTI/NRRD/MHA file, or a folder of such cases."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (OUT/<case>/ for a folder of cases)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Bundled model name or checkpoint path (default: the bundled lung-nodule model)."),
+    tta: bool = typer.Option(False, "--tta", help="Mirror test-time augmentation (8 flips; ~8× slower, slightly better)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for inference (default: all cores)."),
+    series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID when a DICOM folder holds several."),
+) -> None:
+    """Detect lesions: writes lesions.json, mask.nii.gz, seg.dcm (DICOM input) and overlay.png."""
+    import torch
+
+    from meddet.inference.models import resolve_model
+    from meddet.inference.pipeline import predict_path
+    from meddet.inference.predictor import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    loaded = load_model(resolve_model(model))
+    results = predict_path(loaded, source, out, tta=tta, series_uid=series)
+    for result in results:
+        if "error" in result:
+            err_console.print(f"[bold red]{escape(result['case'])}:[/] {escape(result['error'])}")
+            continue
+        where = Path(result["input"]["path"]).name
+        console.print(f"{escape(where)}: {len(result['lesions'])} lesion(s), {result['timing_s']['total']:.1f} s")
+    console.print(f"Results in {out}")
+    if any("error" in r for r in results):
+        raise typer.Exit(EXIT_INPUT_ERROR)
+
+
 def _configure_logging() -> None:
     logging.basicConfig(
         level=logging.WARNING,

@@ -227,6 +227,8 @@ def train(
                     save_checkpoint(last, model, optimizer, iteration, best, plan)
                     with log_path.open("a") as stream:
                         stream.write(json.dumps(record) + "\n")
+                    line = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+                    (progress.console.print if progress is not None else print)(line)
                     plot_training_curve(log_path, out / "training_curve.png")
                 window, tick = [], time.perf_counter()
             if interrupted:
