@@ -193,6 +193,22 @@ def predict(
         raise typer.Exit(EXIT_INPUT_ERROR)
 
 
+@app.command()
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="Output folder of `meddet predict`."),
+    truth: Path = typer.Option(..., "--truth", help="Ground truth: lesions/<case>.json and/or label maps (instances/, labelsTr/)."),
+    report: Optional[Path] = typer.Option(None, "--out", help="Report folder (default: PRED/evaluation)."),
+) -> None:
+    """Score predictions: FROC/CPM (LUNA16 rule) with bootstrap CIs, sensitivity by size, Dice, HD95, latency."""
+    from meddet.evaluation.evaluate import evaluate as run_evaluation
+    from meddet.evaluation.report import format_table
+
+    out = report or pred / "evaluation"
+    metrics = run_evaluation(pred, truth, out)
+    console.print(format_table(metrics))
+    console.print(f"Report: {out / 'report.html'}  metrics: {out / 'metrics.json'}")
+
+
 def _configure_logging() -> None:
     logging.basicConfig(
         level=logging.WARNING,

@@ -1,0 +1,118 @@
+"""``meddet predict``: a scan (or a folder of scans) in, lesions.json, mask, DICOM SEG and overlay out.
+
+Why a pipeline module apart from the predictor: reading inputs, choosing outputs and timing each stage is the
+service-facing contract (the lesions.json schema in docs/lesions-json.md), while the predictor is the numerical core
+that benchmarks and the web service reuse.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from meddet.detection.lesions import extract_lesions
+from meddet.errors import MeddetInputError
+from meddet.inference.predictor import LoadedModel, predict_probability
+from meddet.io import read_volume, write_volume
+from meddet.io.itk_formats import has_itk_suffix
+from meddet.volume import Volume
+
+SCHEMA_VERSION = "1.0"
+
+
+def find_cases(path: Path) -> list[tuple[str, Path]] | None:
+    """Cases in a folder of scans (image files, or one sub-folder per DICOM series); None when ``path`` is one scan."""
+    if not path.is_dir():
+        return None
+    entries = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")]
+    images = [p for p in entries if p.is_file() and (has_itk_suffix(p) or p.suffix.lower() == ".zip")]
+    if images:
+        return [(_case_name(p), p) for p in images]
+    folders = [p for p in entries if p.is_dir()]
+    if folders and not any(p.is_file() for p in entries):
+        return [(p.name, p) for p in folders]
+    return None
+
+
+def _case_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _is_dicom(volume: Volume) -> bool:
+    return bool(volume.metadata.get("sop_instance_uids"))
+
+
+def predict_scan(model: LoadedModel, source: Path, out: Path, tta: bool = False, series_uid: str | None = None) -> dict[str, Any]:
+    """Predict one scan into ``out``; returns the lesions.json content."""
+    timing: dict[str, float] = {}
+    start = time.perf_counter()
+    volume = read_volume(source, series_uid=series_uid)
+    if len(model.plan["channel_names"]) != 1:
+        raise MeddetInputError(
+            f"Model '{model.name}' needs {len(model.plan['channel_names'])} co-registered channels "
+            f"({', '.join(model.plan['channel_names'])}); `meddet predict` takes single-channel models.",
+        )
+    timing["load"] = time.perf_counter() - start
+    probability, stages = predict_probability(model, [volume], tta=tta)
+    timing["preprocess"] = stages["preprocess"]
+    timing["inference"] = stages["inference"] + stages["resample"]
+    start = time.perf_counter()
+    lesions, instances = extract_lesions(probability, **model.postprocessing)
+    timing["postprocess"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    mask_name = "mask.nii.gz" if volume.is_orthogonal else "mask.nrrd"  # NIfTI cannot hold a gantry-tilted grid
+    write_volume(instances, out / mask_name)
+    outputs = {"mask": mask_name}
+    if _is_dicom(volume):
+        from meddet.export.dicom_seg import write_dicom_seg
+
+        seg = write_dicom_seg(instances, volume, out / "seg.dcm", lesions=lesions, algorithm_version=model.version)
+        if seg is not None:
+            outputs["seg"] = "seg.dcm"
+    from meddet.export.overlay import render_overlay
+
+    render_overlay(volume, instances, lesions, out / "overlay.png")
+    outputs["overlay"] = "overlay.png"
+    timing["write"] = time.perf_counter() - start
+    timing["total"] = sum(timing.values())
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "lesions": [
+            {k: lesion[k] for k in ("id", "center_mm", "diameter_mm", "volume_ml", "score", "bbox_mm") if k in lesion}
+            for lesion in lesions
+        ],
+        "input": {
+            "path": str(source), "shape": list(volume.shape[::-1]), "spacing": list(volume.spacing),
+            "origin": list(volume.origin), "direction": volume.direction.round(6).tolist(),
+            "series_uid": volume.metadata.get("series_uid"), "warnings": volume.warnings,
+        },
+        "model": {"name": model.name, "version": model.version, **model.postprocessing, "tta": tta},
+        "outputs": outputs,
+        "timing_s": {k: round(v, 3) for k, v in timing.items()},
+    }
+    (out / "lesions.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def predict_path(model: LoadedModel, source: Path, out: Path, tta: bool = False, series_uid: str | None = None) -> list[dict[str, Any]]:
+    """One scan → ``out/``; a folder of scans → ``out/<case>/``. A bad case in a batch is reported, not fatal."""
+    cases = find_cases(source)
+    if cases is None:
+        return [predict_scan(model, source, out, tta, series_uid)]
+    results = []
+    for name, path in cases:
+        try:
+            results.append(predict_scan(model, path, out / name, tta))
+        except MeddetInputError as exc:
+            (out / name).mkdir(parents=True, exist_ok=True)
+            (out / name / "error.txt").write_text(str(exc) + "\n")
+            results.append({"case": name, "error": str(exc)})
+    return results

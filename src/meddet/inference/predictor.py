@@ -1,0 +1,115 @@
+"""Sliding-window prediction of a lesion probability map on the scan's own grid.
+
+Why this shape: the model sees the scan the way it was trained (plan: lung crop, target spacing, normalisation);
+MONAI's sliding window with Gaussian blending stitches patches without seams; the result is resampled back onto the
+*input* grid so lesions, masks and DICOM SEG line up with the images the radiologist looks at.
+
+Memory: only the lesion probability (one float32 channel, 1 − p(background)) leaves the sliding window, the logits
+of all classes never exist at full resolution (nnU-Net issues #1572/#1869 are users hitting exactly that), and the
+probability outside the lung box is never computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from meddet.errors import MeddetInputError
+from meddet.networks.registry import build_model
+from meddet.preprocess.crop import crop_grid
+from meddet.preprocess.prepare import prepare_case
+from meddet.preprocess.resample import resample_like
+from meddet.volume import Volume
+
+DEFAULT_POSTPROCESSING = {"threshold": 0.5, "min_volume_mm3": 10.0}
+
+
+@dataclass
+class LoadedModel:
+    """A network in eval mode with the plan it was trained with and its post-processing settings."""
+
+    network: torch.nn.Module
+    plan: dict[str, Any]
+    name: str
+    version: str
+    postprocessing: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_POSTPROCESSING))
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Load a meddet checkpoint (from ``meddet train`` or a bundled model file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MeddetInputError("This model file does not exist.", path, "Give a checkpoint from `meddet train`, or omit --model.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises several types for a file that is not a checkpoint
+        raise MeddetInputError("This file is not a meddet model checkpoint.", path) from exc
+    if not isinstance(state, dict) or "plan" not in state or "model" not in state:
+        raise MeddetInputError("This file is not a meddet model checkpoint (no plan or weights in it).", path)
+    plan = state["plan"]
+    arch = {k: v for k, v in plan["model"].items() if k != "name"}
+    network = build_model(plan["model"]["name"], len(plan["channel_names"]), plan["num_classes"], tuple(plan["patch_size"]), **arch)
+    network.load_state_dict(state["model"])
+    network.eval()
+    return LoadedModel(
+        network, plan, str(state.get("name", path.stem)), str(state.get("version", "unversioned")),
+        {**DEFAULT_POSTPROCESSING, **state.get("postprocessing", {})},
+    )
+
+
+def _flips(tta: bool) -> list[tuple[int, ...]]:
+    """Mirror axes for test-time augmentation (nnU-Net's 8 mirrorings; none without TTA)."""
+    if not tta:
+        return [()]
+    return [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+
+
+def lesion_probability(model: LoadedModel, image: np.ndarray, tta: bool = False, sw_batch_size: int = 2, overlap: float = 0.25) -> np.ndarray:
+    """Sliding-window lesion probability (z, y, x) float32 for prepared input ``image`` (C, z, y, x)."""
+    patch = tuple(model.plan["patch_size"])
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    # pad small inputs up to one patch: the sliding window would otherwise shrink the window, off the trained size
+    pad = [max(p - s, 0) for p, s in zip(patch, x.shape[2:])]
+    if any(pad):
+        x = torch.nn.functional.pad(x, [v for p in reversed(pad) for v in (p // 2, p - p // 2)], mode="replicate")
+
+    def foreground(batch: torch.Tensor) -> torch.Tensor:
+        return 1.0 - torch.softmax(model.network(batch), dim=1)[:, :1]
+
+    total = None
+    flips = _flips(tta)
+    with torch.inference_mode():
+        for axes in flips:
+            inp = torch.flip(x, axes) if axes else x
+            prob = sliding_window_inference(inp, patch, sw_batch_size, foreground, overlap=overlap, mode="gaussian")
+            prob = torch.flip(prob, axes) if axes else prob
+            total = prob if total is None else total + prob
+    assert total is not None
+    out = (total / len(flips))[0, 0]
+    if any(pad):
+        out = out[tuple(slice(p // 2, p // 2 + s) for p, s in zip(pad, image.shape[1:]))]
+    return out.numpy().astype(np.float32)
+
+
+def predict_probability(model: LoadedModel, channels: list[Volume], tta: bool = False) -> tuple[Volume, dict[str, float]]:
+    """Lesion probability on the grid of ``channels[0]`` (zero outside the lung box), with stage timings."""
+    import time
+
+    start = time.perf_counter()
+    prepared = prepare_case(channels, model.plan)
+    prepared_s = time.perf_counter() - start
+    start = time.perf_counter()
+    prob = lesion_probability(model, prepared.image, tta=tta)
+    inference_s = time.perf_counter() - start
+    start = time.perf_counter()
+    reference = channels[0]
+    back = resample_like(prepared.grid.with_array(prob), crop_grid(reference, prepared.crop_box))
+    full = np.zeros(reference.shape, np.float32)
+    full[prepared.crop_box] = np.clip(back.array, 0.0, 1.0)
+    resample_s = time.perf_counter() - start
+    return reference.with_array(full), {"preprocess": prepared_s, "inference": inference_s, "resample": resample_s}

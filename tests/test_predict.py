@@ -1,0 +1,105 @@
+"""`meddet predict` end to end on a small phantom with a tiny model trained here: every output, the schema."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from meddet.inference.pipeline import find_cases
+from meddet.inference.predictor import load_model, predict_probability
+from meddet.io import read_volume
+from meddet.phantom import generate_dataset
+from meddet.planning.dataset import load_dataset
+from meddet.planning.fingerprint import compute_fingerprint
+from meddet.planning.planner import Budget, make_plan, save_plan
+from meddet.training.trainer import CHECKPOINT_BEST, train
+
+LESION_KEYS = {"id", "center_mm", "diameter_mm", "volume_ml", "score", "bbox_mm"}
+TIMING_KEYS = {"load", "preprocess", "inference", "postprocess", "write", "total"}
+
+
+@pytest.fixture(scope="module")
+def phantom_and_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    data = generate_dataset(root / "data", n=2, seed=7, small=True)
+    index = load_dataset(data)
+    plan = make_plan(compute_fingerprint(index), Budget(1.0, 2.0, "cpu"), {"patch_size": [16, 48, 48], "iterations": 2, "seed": 1}, index.labels)
+    plan["model"].update(channels=[4, 8, 16], strides=[[2, 2, 2], [2, 2, 2]])
+    plan["training"]["validate_every"] = 2
+    train(save_plan(plan, root / "plan.json"), root / "run", num_workers=0, show_progress=False)
+    checkpoint = root / "run" / CHECKPOINT_BEST
+    state = torch.load(checkpoint, weights_only=False)
+    state["postprocessing"] = {"threshold": 0.3, "min_volume_mm3": 0.0}
+    torch.save(state, checkpoint)
+    return data, checkpoint
+
+
+def _check_schema(result: dict) -> None:
+    assert {"schema_version", "lesions", "input", "model", "outputs", "timing_s"} <= set(result)
+    assert TIMING_KEYS <= set(result["timing_s"])
+    assert all(v >= 0 for v in result["timing_s"].values())
+    assert result["timing_s"]["total"] >= result["timing_s"]["inference"]
+    scores = [lesion["score"] for lesion in result["lesions"]]
+    assert scores == sorted(scores, reverse=True)
+    for lesion in result["lesions"]:
+        assert set(lesion) == LESION_KEYS
+        assert len(lesion["center_mm"]) == 3 and lesion["diameter_mm"] > 0 and 0 < lesion["score"] <= 1
+
+
+def test_predict_dicom_writes_every_output(phantom_and_model, tmp_path):
+    data, checkpoint = phantom_and_model
+    case = data / "dicom" / "phantom_0000"
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "meddet", "predict", str(case), "-o", str(out), "--model", str(checkpoint), "--threads", "2"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lesions = json.loads((out / "lesions.json").read_text())
+    _check_schema(lesions)
+    source = read_volume(case)
+    mask = read_volume(out / "mask.nii.gz")
+    assert mask.same_geometry(source, atol=1e-3)
+    assert set(np.unique(mask.array)) == {0, *[l["id"] for l in lesions["lesions"]]}
+    assert (out / "overlay.png").stat().st_size > 1000
+    if lesions["lesions"]:
+        seg = pydicom.dcmread(out / "seg.dcm")
+        assert seg.Modality == "SEG"
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.metadata["series_uid"]
+
+
+def test_probability_is_on_the_input_grid_and_zero_outside_lungs(phantom_and_model):
+    data, checkpoint = phantom_and_model
+    volume = read_volume(data / "imagesTr" / "phantom_0001_0000.nii.gz")
+    probability, timings = predict_probability(load_model(checkpoint), [volume])
+    assert probability.same_geometry(volume)
+    assert probability.array.dtype == np.float32
+    assert 0.0 <= probability.array.min() and probability.array.max() <= 1.0
+    assert probability.array[:, :3, :3].max() == 0.0  # image corner: air outside the lung box
+    assert set(timings) == {"preprocess", "inference", "resample"}
+
+
+def test_folder_of_cases_writes_one_folder_each(phantom_and_model, tmp_path):
+    data, checkpoint = phantom_and_model
+    assert [name for name, _ in find_cases(data / "imagesTr")] == ["phantom_0000_0000", "phantom_0001_0000"]
+    assert find_cases(data / "dicom" / "phantom_0000") is None  # a series folder is one case
+    (data / "imagesTr" / "broken.nii.gz").write_bytes(b"not an image")
+    try:
+        result = subprocess.run([sys.executable, "-m", "meddet", "predict", str(data / "imagesTr"), "-o", str(tmp_path / "o"), "--model", str(checkpoint)],
+                                capture_output=True, text=True, timeout=600)
+    finally:
+        (data / "imagesTr" / "broken.nii.gz").unlink()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (tmp_path / "o" / "broken" / "error.txt").exists()  # a bad case is reported, the others still done
+    for name in ("phantom_0000_0000", "phantom_0001_0000"):
+        _check_schema(json.loads((tmp_path / "o" / name / "lesions.json").read_text()))
+
+
+def test_bad_model_path_is_a_clear_error(tmp_path):
+    bogus = tmp_path / "model.pt"
+    bogus.write_bytes(b"nonsense")
+    result = subprocess.run([sys.executable, "-m", "meddet", "predict", str(tmp_path), "-o", str(tmp_path / "o"), "--model", str(bogus)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "not a meddet model" in result.stderr and "Traceback" not in result.stderr
