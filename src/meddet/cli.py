@@ -209,6 +209,23 @@ def evaluate(
     console.print(f"Report: {out / 'report.html'}  metrics: {out / 'metrics.json'}")
 
 
+@app.command("export-model")
+def export_model(
+    checkpoint: Path = typer.Argument(..., help="checkpoint_best.pt of a `meddet train` run."),
+    out: Path = typer.Option(..., "--out", help="Model file to write (e.g. src/meddet/models/lung-nodule.pt)."),
+    name: str = typer.Option("lung-nodule", "--name", help="Model name recorded in every lesions.json."),
+    version: Optional[str] = typer.Option(None, "--version", help="Model version (default: today's date)."),
+    max_cases: Optional[int] = typer.Option(None, "--max-cases", help="Calibrate on at most this many validation cases."),
+) -> None:
+    """Calibrate threshold and minimum lesion size on the run's validation cases and write a deployable model."""
+    from meddet.inference.export import export_model as run_export
+
+    exported = run_export(checkpoint, out, name, version, max_cases)
+    best = exported["provenance"]["calibration"]["best"]
+    console.print(f"Wrote {out}: threshold {best['threshold']}, min volume {best['min_volume_mm3']} mm³, "
+                  f"validation CPM {best['cpm']:.3f}, sensitivity at 1 FP/scan {best['sensitivity_at_1fp']:.3f}")
+
+
 def _configure_logging() -> None:
     logging.basicConfig(
         level=logging.WARNING,

@@ -1,0 +1,77 @@
+"""``meddet export-model``: turn a training run into a deployable model file with calibrated post-processing.
+
+Why a separate step: the probability threshold and the smallest lesion kept decide the clinic-facing trade-off
+between sensitivity and false positives, so they are chosen on the run's *validation* cases (never the training
+cases), by the detection metric that matters (CPM, LUNA16 rule), and stored in the model with the evidence.
+The optimizer state is dropped: it is two thirds of a checkpoint and useless for prediction.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from meddet.detection.lesions import extract_lesions, lesions_from_label_map
+from meddet.evaluation.froc import froc
+from meddet.inference.predictor import load_model, predict_probability
+from meddet.io import read_volume
+from meddet.planning.dataset import load_dataset
+from meddet.training.trainer import split_cases
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+MIN_VOLUMES_MM3 = (0.0, 10.0, 30.0)
+
+
+def _truth(case_name: str, label_path: Path, root: Path) -> list[dict]:
+    json_path = root / "lesions" / f"{case_name}.json"
+    if json_path.is_file():
+        return json.loads(json_path.read_text())["lesions"]
+    return lesions_from_label_map(read_volume(label_path))
+
+
+def calibrate(checkpoint: Path, max_cases: int | None = None) -> dict[str, Any]:
+    """Grid-search threshold × minimum volume on the run's validation split; returns the best and the grid."""
+    model = load_model(checkpoint)
+    plan = model.plan
+    dataset = load_dataset(plan["dataset"])
+    _, val_cases = split_cases(dataset.cases, plan["training"]["validation_fraction"], int(plan["training"]["seed"]))
+    val_cases = val_cases[:max_cases] if max_cases else val_cases
+    probabilities, truths = [], []
+    for case in val_cases:
+        probability, _ = predict_probability(model, [read_volume(p) for p in case.images])
+        probabilities.append(probability)
+        truths.append(_truth(case.name, case.label, dataset.root))
+    grid = []
+    for threshold in THRESHOLDS:
+        for min_volume in MIN_VOLUMES_MM3:
+            pairs = [(extract_lesions(p, threshold, min_volume)[0], t) for p, t in zip(probabilities, truths)]
+            scores = froc(pairs, bootstrap=0)
+            grid.append({"threshold": threshold, "min_volume_mm3": min_volume, "cpm": scores["cpm"],
+                         "sensitivity_at_1fp": scores["sensitivity"][3]})
+    best = max(grid, key=lambda g: (g["cpm"], g["sensitivity_at_1fp"], g["threshold"]))
+    return {"best": best, "grid": grid, "validation_cases": [c.name for c in val_cases]}
+
+
+def export_model(checkpoint: str | Path, out: str | Path, name: str, version: str | None = None, max_cases: int | None = None) -> dict[str, Any]:
+    """Write ``out``: weights + plan + calibrated post-processing + provenance."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    calibration = calibrate(checkpoint, max_cases)
+    best = calibration["best"]
+    exported = {
+        "meddet_checkpoint": 1,
+        "name": name,
+        "version": version or _dt.date.today().isoformat(),
+        "model": state["model"],
+        "plan": state["plan"],
+        "postprocessing": {"threshold": best["threshold"], "min_volume_mm3": best["min_volume_mm3"]},
+        "provenance": {"source_checkpoint": checkpoint.name, "iteration": state["iteration"],
+                       "best_val_dice": state["best_metric"], "calibration": calibration},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(exported, out)
+    return exported
