@@ -216,7 +216,7 @@ def make_plan(
         "validate_every": int(overrides.get("validate_every", max(50, iterations // 20))),
         "optimizer": "adamw", "learning_rate": float(overrides.get("learning_rate", 2e-3)), "weight_decay": 1e-5,
         "schedule": "poly", "oversample_foreground": 0.33, "seed": int(overrides.get("seed", 0)),
-        "validation_fraction": 0.2, "augmentation_probability": 0.2,
+        "validation_fraction": 0.2, "augmentation_probability": 0.2, "cutmix_probability": 0.0,
     }
     decisions["training"] = (
         "AdamW with poly decay converges in the short runs a CPU affords (nnU-Net's SGD needs ~10⁵ steps); a third "
