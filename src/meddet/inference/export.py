@@ -30,7 +30,7 @@ def _truth(case_name: str, label_path: Path, root: Path) -> list[dict]:
     json_path = root / "lesions" / f"{case_name}.json"
     if json_path.is_file():
         return json.loads(json_path.read_text())["lesions"]
-    return lesions_from_label_map(read_volume(label_path))
+    return lesions_from_label_map(read_volume(label_path), binary=True)  # labelsTr holds semantic labels
 
 
 def calibrate(checkpoint: Path, max_cases: int | None = None) -> dict[str, Any]:
