@@ -1,6 +1,6 @@
 """`make demo`: synthetic chest CTs as DICOM → `meddet predict` with the bundled model → `meddet evaluate`.
 
-What a new user sees on a fresh machine, offline: two full-size (512×512) phantom CTs with known nodules are
+What a new user sees on a fresh machine, offline: three full-size (512×512) phantom CTs with known nodules are
 written as DICOM series, the bundled lung-nodule model finds lesions in them (lesions.json, mask, DICOM SEG,
 overlay per case), and the evaluation prints sensitivity, false positives, FROC/CPM and latency.
 """
@@ -26,7 +26,7 @@ def main() -> None:
     start = time.perf_counter()
     if OUT.exists():
         shutil.rmtree(OUT)
-    meddet("phantom", "--out", str(OUT / "phantoms"), "--n", "2", "--seed", str(SEED))
+    meddet("phantom", "--out", str(OUT / "phantoms"), "--n", "3", "--seed", str(SEED))
     meddet("predict", str(OUT / "phantoms" / "dicom"), "-o", str(OUT / "predictions"))
     meddet("evaluate", "--pred", str(OUT / "predictions"), "--truth", str(OUT / "phantoms"), "--out", str(OUT / "report"))
     print(f"\nDemo finished in {time.perf_counter() - start:.0f} s.")
