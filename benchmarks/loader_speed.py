@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from meddet.io import read_volume
-from meddet.networks.registry import build_model
+from meddet.networks.registry import build_model_from_plan
 from meddet.planning.dataset import load_dataset
 from meddet.planning.planner import load_plan
 from meddet.preprocess.prepare import prepare_case
@@ -62,8 +62,7 @@ def main() -> None:
     index = load_dataset(args.dataset)
     cases = index.cases
     folder = build_cache(cases, plan, cache_dir_for(plan, index.root))
-    arch = {k: v for k, v in plan["model"].items() if k != "name"}
-    model = build_model(plan["model"]["name"], len(plan["channel_names"]), plan["num_classes"], tuple(plan["patch_size"]), **arch)
+    model = build_model_from_plan(plan)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = build_loss(plan["loss"]["name"])
     cached = IterationBatches(load_cached(folder, [c.name for c in cases]), tuple(plan["patch_size"]), plan["batch_size"], 0,

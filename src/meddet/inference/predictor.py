@@ -20,7 +20,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from meddet.errors import MeddetInputError
-from meddet.networks.registry import build_model
+from meddet.networks.registry import build_model_from_plan
 from meddet.preprocess.crop import crop_grid
 from meddet.preprocess.prepare import prepare_case
 from meddet.preprocess.resample import resample_like
@@ -52,8 +52,7 @@ def load_model(path: str | Path) -> LoadedModel:
     if not isinstance(state, dict) or "plan" not in state or "model" not in state:
         raise MeddetInputError("This file is not a meddet model checkpoint (no plan or weights in it).", path)
     plan = state["plan"]
-    arch = {k: v for k, v in plan["model"].items() if k != "name"}
-    network = build_model(plan["model"]["name"], len(plan["channel_names"]), plan["num_classes"], tuple(plan["patch_size"]), **arch)
+    network = build_model_from_plan(plan)
     network.load_state_dict(state["model"])
     network.eval()
     return LoadedModel(

@@ -124,6 +124,12 @@ def build_model(
     return _spec(name).build(in_channels, out_channels, tuple(patch_size), **full)
 
 
+def build_model_from_plan(plan: Mapping[str, Any]) -> nn.Module:
+    """The network a training plan describes (model name and arch, channels, classes, patch size)."""
+    arch = {k: v for k, v in plan["model"].items() if k != "name"}
+    return build_model(plan["model"]["name"], len(plan["channel_names"]), plan["num_classes"], tuple(plan["patch_size"]), **arch)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

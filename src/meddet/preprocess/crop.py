@@ -63,9 +63,7 @@ def bounding_box(mask: np.ndarray, margin_voxels: tuple[int, int, int] = (0, 0, 
 
 def crop(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
     """The sub-volume ``box`` (array slices [z, y, x]) with its origin moved so every voxel keeps its world position."""
-    start = [s.start or 0 for s in box]
-    origin = volume.index_zyx_to_lps(np.array(start, dtype=float))[0]
-    return volume.with_array(np.ascontiguousarray(volume.array[box]), origin=tuple(origin))
+    return volume.with_array(np.ascontiguousarray(volume.array[box]), origin=crop_grid(volume, box).origin)
 
 
 def crop_grid(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from monai.inferers import sliding_window_inference
 
-from meddet.networks.registry import build_model
+from meddet.networks.registry import build_model_from_plan
 from meddet.planning.dataset import Case, load_dataset
 from meddet.planning.planner import load_plan
 from meddet.training.cache import build_cache, cache_dir_for, load_cached
@@ -163,8 +163,7 @@ def train(
     )
     validation = load_cached(cache, [c.name for c in val_cases]) if ctx.is_main else []
 
-    arch = {k: v for k, v in plan["model"].items() if k != "name"}
-    model = build_model(plan["model"]["name"], len(plan["channel_names"]), plan["num_classes"], tuple(plan["patch_size"]), **arch).to(ctx.device)
+    model = build_model_from_plan(plan).to(ctx.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
     loss_fn = build_loss(plan["loss"]["name"])
     start, best = 0, -1.0
