@@ -21,11 +21,13 @@ from meddet.io import read_volume
 from meddet.networks.registry import build_model_from_plan
 from meddet.planning.dataset import load_dataset
 from meddet.planning.planner import load_plan
+from meddet.precision import resolve_precision
 from meddet.preprocess.prepare import prepare_case
 from meddet.training.augment import sample_patch
 from meddet.training.cache import build_cache, cache_dir_for, load_cached
 from meddet.training.data import IterationBatches
 from meddet.training.losses import build_loss
+from meddet.training.trainer import training_step
 
 
 def naive_batch(cases, plan, rng) -> dict[str, torch.Tensor]:
@@ -39,15 +41,11 @@ def naive_batch(cases, plan, rng) -> dict[str, torch.Tensor]:
     return {"image": torch.stack(images), "label": torch.stack(labels)}
 
 
-def time_steps(model, optimizer, loss_fn, next_batch, steps: int) -> list[float]:
+def time_steps(model, optimizer, loss_fn, next_batch, steps: int, precision: str) -> list[float]:
     times = []
     for i in range(steps):
         start = time.perf_counter()
-        batch = next_batch(i)
-        loss = loss_fn(model(batch["image"]), batch["label"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        training_step(model, optimizer, loss_fn, next_batch(i), torch.device("cpu"), precision)
         times.append(time.perf_counter() - start)
     return times
 
@@ -68,10 +66,12 @@ def main() -> None:
     cached = IterationBatches(load_cached(folder, [c.name for c in cases]), tuple(plan["patch_size"]), plan["batch_size"], 0,
                               augmentation_probability=0.0)
     rng = np.random.default_rng(0)
-    time_steps(model, optimizer, loss_fn, cached.__getitem__, 2)  # warm-up
-    fast = time_steps(model, optimizer, loss_fn, cached.__getitem__, args.steps)
-    slow = time_steps(model, optimizer, loss_fn, lambda i: naive_batch(cases, plan, rng), args.steps)
+    precision = resolve_precision(plan["training"].get("precision", "fp32"))
+    time_steps(model, optimizer, loss_fn, cached.__getitem__, 2, precision)  # warm-up
+    fast = time_steps(model, optimizer, loss_fn, cached.__getitem__, args.steps, precision)
+    slow = time_steps(model, optimizer, loss_fn, lambda i: naive_batch(cases, plan, rng), args.steps, precision)
     fast_m, slow_m = statistics.median(fast), statistics.median(slow)
+    print(f"plan patch {plan['patch_size']} batch {plan['batch_size']}, compute precision {precision}")
     print(f"cached loader : median {fast_m:.3f} s/step ({1 / fast_m:.2f} steps/s) over {args.steps} steps")
     print(f"naive loader  : median {slow_m:.3f} s/step ({1 / slow_m:.2f} steps/s) over {args.steps} steps")
     print(f"speed-up (steps/s cached ÷ naive): {slow_m / fast_m:.2f}×")

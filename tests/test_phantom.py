@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from meddet.errors import MeddetInputError
 from meddet.phantom import (
     KINDS,
     LOCATIONS,
@@ -237,3 +238,17 @@ def test_ground_truth_over_several_plans_has_empty_and_varied_cases():
         assert set(np.unique(labels).tolist()) - {0} == {n.id for n, _, _ in kept}
     assert 0 in n_lesions
     assert len(set(np.round(sizes))) >= 3
+
+
+def test_append_adds_a_run_after_existing_cases(tmp_path):
+    out = generate_dataset(tmp_path / "ds", 1, seed=7, small=True, dicom=False)
+    generate_dataset(out, 1, seed=8, small=True, dicom=False, append=True)
+    ds = json.loads((out / "dataset.json").read_text())
+    assert ds["numTraining"] == 2
+    assert [t["label"] for t in ds["training"]] == ["./labelsTr/phantom_0000.nii.gz", "./labelsTr/phantom_0001.nii.gz"]
+    assert [(r["seed"], r["first_case"]) for r in ds["generator"]["runs"]] == [(7, "phantom_0000"), (8, "phantom_0001")]
+    first = json.loads((out / "lesions" / "phantom_0000.json").read_text())
+    second = json.loads((out / "lesions" / "phantom_0001.json").read_text())
+    assert first["seed"] == case_seed(7, 0) and second["seed"] == case_seed(8, 0)
+    with pytest.raises(MeddetInputError, match="channels"):
+        generate_dataset(out, 1, seed=9, small=True, pet=True, dicom=False, append=True)

@@ -67,6 +67,7 @@ def phantom(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical cases."),
     small: bool = typer.Option(False, "--small", help="256×256 cases at ~1.3 mm for fast tests."),
     pet: bool = typer.Option(False, "--pet", help="Add a co-registered PET-like second channel."),
+    append: bool = typer.Option(False, "--append", help="Add the cases after those already in OUT (e.g. mix small and full-size)."),
 ) -> None:
     """Generate synthetic chest CTs with lung nodules and exact ground truth (see docs/phantom.md)."""
     import time
@@ -74,7 +75,7 @@ def phantom(
     from meddet.phantom import generate_dataset
 
     start = time.perf_counter()
-    generate_dataset(out, n=n, seed=seed, small=small, pet=pet)
+    generate_dataset(out, n=n, seed=seed, small=small, pet=pet, append=append)
     console.print(f"Wrote {n} phantom case(s) to {out} in {time.perf_counter() - start:.1f} s")
 
 
@@ -91,6 +92,7 @@ def plan(
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Override the number of training iterations."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the batch size."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Override the compute precision: bf16 or fp32."),
 ) -> None:
     """Fingerprint a dataset and derive a training plan (nnU-Net style), each decision with its reason."""
     from meddet.planning.dataset import load_dataset
@@ -106,8 +108,10 @@ def plan(
     fingerprint.save(root / "fingerprint.json")
     overrides = {
         "model": model, "loss": loss, "patch_size": triple(patch_size, int), "target_spacing": triple(target_spacing, float),
-        "iterations": iterations, "batch_size": batch_size, "seed": seed,
+        "iterations": iterations, "batch_size": batch_size, "seed": seed, "precision": precision,
     }
+    if precision not in (None, "bf16", "fp32"):
+        raise MeddetInputError(f"Unknown precision '{precision}'.", hint="Use bf16 or fp32.")
     result = make_plan(fingerprint, default_budget(gpu_memory, step_seconds), overrides, index.labels)
     path = save_plan(result, out or root / "plan.json")
     console.print(f"{len(index.cases)} labelled case(s), {len(index.unlabelled)} unlabelled; plan written to {path}")
@@ -170,6 +174,7 @@ def predict(
     tta: bool = typer.Option(False, "--tta", help="Mirror test-time augmentation (8 flips; ~8× slower, slightly better)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for inference (default: all cores)."),
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID when a DICOM folder holds several."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="bf16 or fp32 (default: what the model was trained in, where this CPU has it)."),
 ) -> None:
     """Detect lesions: writes lesions.json, mask.nii.gz, seg.dcm (DICOM input) and overlay.png."""
     import torch
@@ -180,7 +185,9 @@ def predict(
 
     if threads:
         torch.set_num_threads(threads)
-    loaded = load_model(resolve_model(model))
+    if precision not in (None, "bf16", "fp32"):
+        raise MeddetInputError(f"Unknown precision '{precision}'.", hint="Use bf16 or fp32.")
+    loaded = load_model(resolve_model(model), precision)
     results = predict_path(loaded, source, out, tta=tta, series_uid=series)
     for result in results:
         if "error" in result:

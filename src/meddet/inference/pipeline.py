@@ -94,7 +94,7 @@ def predict_scan(model: LoadedModel, source: Path, out: Path, tta: bool = False,
             "origin": list(volume.origin), "direction": volume.direction.round(6).tolist(),
             "series_uid": volume.metadata.get("series_uid"), "warnings": volume.warnings,
         },
-        "model": {"name": model.name, "version": model.version, **model.postprocessing, "tta": tta},
+        "model": {"name": model.name, "version": model.version, **model.postprocessing, "tta": tta, "precision": model.precision},
         "outputs": outputs,
         "timing_s": {k: round(v, 3) for k, v in timing.items()},
     }

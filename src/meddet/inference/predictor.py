@@ -21,6 +21,7 @@ from monai.inferers import sliding_window_inference
 
 from meddet.errors import MeddetInputError
 from meddet.networks.registry import build_model_from_plan
+from meddet.precision import autocast, resolve_precision
 from meddet.preprocess.crop import crop_grid
 from meddet.preprocess.prepare import prepare_case
 from meddet.preprocess.resample import resample_like
@@ -38,10 +39,15 @@ class LoadedModel:
     name: str
     version: str
     postprocessing: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_POSTPROCESSING))
+    precision: str = "fp32"  # what the convolutions run in here (meddet.precision)
 
 
-def load_model(path: str | Path) -> LoadedModel:
-    """Load a meddet checkpoint (from ``meddet train`` or a bundled model file)."""
+def load_model(path: str | Path, precision: str | None = None) -> LoadedModel:
+    """Load a meddet checkpoint (from ``meddet train`` or a bundled model file).
+
+    ``precision`` (bf16/fp32) defaults to the precision the model was trained in, so its calibrated threshold holds;
+    either is downgraded to fp32 on a CPU without native bf16.
+    """
     path = Path(path)
     if not path.is_file():
         raise MeddetInputError("This model file does not exist.", path, "Give a checkpoint from `meddet train`, or omit --model.")
@@ -58,6 +64,7 @@ def load_model(path: str | Path) -> LoadedModel:
     return LoadedModel(
         network, plan, str(state.get("name", path.stem)), str(state.get("version", "unversioned")),
         {**DEFAULT_POSTPROCESSING, **state.get("postprocessing", {})},
+        resolve_precision(precision or plan.get("training", {}).get("precision", "fp32"), "cpu"),
     )
 
 
@@ -78,7 +85,9 @@ def lesion_probability(model: LoadedModel, image: np.ndarray, tta: bool = False,
         x = torch.nn.functional.pad(x, [v for p in reversed(pad) for v in (p // 2, p - p // 2)], mode="replicate")
 
     def foreground(batch: torch.Tensor) -> torch.Tensor:
-        return 1.0 - torch.softmax(model.network(batch), dim=1)[:, :1]
+        with autocast("cpu", model.precision):
+            logits = model.network(batch)
+        return 1.0 - torch.softmax(logits.float(), dim=1)[:, :1]
 
     total = None
     flips = _flips(tta)

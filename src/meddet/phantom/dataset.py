@@ -9,8 +9,9 @@ Layout under ``out_dir``::
     lesions/phantom_XXXX.json           lesion list (LPS centre, diameter, volume, type, location, shape)
     dicom/phantom_XXXX/                 the CT as a DICOM series (one file per slice)
 
-Case k uses the seed ``case_seed(seed, k)``: cases are independent, and the same (seed, k) always gives the same
-files (DICOM UIDs included).
+Case k of a run uses the seed ``case_seed(seed, k)``: cases are independent, and the same (seed, k) always gives the
+same files (DICOM UIDs included). ``append=True`` adds a run to an existing dataset (numbered after its cases), so one
+training set can mix, say, small and full-size phantoms; ``dataset.json`` lists every run under ``generator.runs``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from meddet.errors import MeddetInputError
 from meddet.io import write_volume
 from meddet.io.dicom_writer import SeriesIdentity, write_dicom_series
 from meddet.phantom.case import GENERATOR_VERSION, PhantomCase, case_seed, generate_case
@@ -64,22 +66,52 @@ def write_case(case: PhantomCase, out_dir: str | Path, name: str, uid_seed: str,
     return {"image": f"./imagesTr/{name}_0000.nii.gz", "label": f"./labelsTr/{name}.nii.gz"}
 
 
+def _existing_dataset(out: Path) -> dict | None:
+    path = out / "dataset.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MeddetInputError("Cannot append: dataset.json is unreadable.", path) from exc
+
+
+def _runs_of(dataset: dict) -> list[dict]:
+    """The generator runs recorded in a dataset.json (a single-run record from before ``runs`` existed counts as one)."""
+    generator = dataset.get("generator", {})
+    if "runs" in generator:
+        return list(generator["runs"])
+    if "seed" in generator:
+        return [{"seed": generator["seed"], "n": dataset.get("numTraining", 0), "first_case": case_name(0),
+                 "small": generator.get("small", False), "pet": generator.get("pet", False)}]
+    return []
+
+
 def generate_dataset(out_dir: str | Path, n: int, seed: int = 0, small: bool = False, pet: bool = False,
-                     dicom: bool = True) -> Path:
-    """Generate ``n`` cases into ``out_dir`` (created if needed); returns the folder."""
+                     dicom: bool = True, append: bool = False) -> Path:
+    """Generate ``n`` cases into ``out_dir`` (created if needed), after its existing cases if ``append``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    training = []
+    channels = {"0": "CT"}
+    if pet:
+        channels["1"] = "PET"
+    existing = _existing_dataset(out) if append else None
+    if existing is not None and existing.get("channel_names") != channels:
+        raise MeddetInputError(
+            f"Cannot append: the dataset has channels {existing.get('channel_names')}, this run would have {channels}.",
+            out / "dataset.json", "Use --pet for both runs or for neither.",
+        )
+    training = list(existing["training"]) if existing else []
+    runs = _runs_of(existing) if existing else []
+    first = len(training)
     for k in range(n):
-        name = case_name(k)
+        name = case_name(first + k)
         cs = case_seed(seed, k)
         case = generate_case(cs, small=small, pet=pet)
         case.image.metadata["patient_id"] = f"PHANTOM-{seed}-{k:04d}"
         training.append(write_case(case, out, name, uid_seed=f"meddet-phantom-{seed}-{k}-{cs}", dicom=dicom))
         del case
-    channels = {"0": "CT"}
-    if pet:
-        channels["1"] = "PET"
+    runs.append({"seed": int(seed), "n": int(n), "first_case": case_name(first), "small": bool(small), "pet": bool(pet)})
     dataset = {
         "name": "MeddetPhantomChestCT",
         "description": "Synthetic non-contrast chest CT with lung nodules (meddet phantom, spec v1)",
@@ -88,12 +120,12 @@ def generate_dataset(out_dir: str | Path, n: int, seed: int = 0, small: bool = F
         "tensorImageSize": "3D",
         "channel_names": channels,
         "labels": {"background": 0, "nodule": 1},
-        "numTraining": n,
+        "numTraining": len(training),
         "numTest": 0,
         "file_ending": ".nii.gz",
         "training": training,
         "test": [],
-        "generator": {"seed": int(seed), "small": bool(small), "pet": bool(pet), "version": GENERATOR_VERSION},
+        "generator": {"version": GENERATOR_VERSION, "runs": runs},
     }
     (out / "dataset.json").write_text(json.dumps(dataset, indent=1), encoding="utf-8")
     return out

@@ -23,9 +23,11 @@ import torch
 from meddet.networks.registry import build_model, count_gflops, required_divisor, resolve_arch
 from meddet.networks.topology import default_topology, total_stride
 from meddet.planning.fingerprint import Fingerprint
+from meddet.precision import choose_precision
 
 ANISOTROPY_RATIO = 3.0  # nnU-Net: an axis this much coarser than the finest is "strongly anisotropic"
-CPU_EFFECTIVE_GFLOPS = 50.0  # measured fwd+bwd throughput of 3D convs on 2 AVX-512 cores (see docs/training.md)
+# Conservative fwd+bwd throughput of 3D convs on 2 AVX-512 cores per precision (docs/training.md); bf16 measured 2-2.7x.
+CPU_EFFECTIVE_GFLOPS = {"fp32": 50.0, "bf16": 100.0}
 ACTIVATION_FACTOR = 24  # stored tensors per conv output in a residual U-Net step (conv, norm, act, grads, skips)
 MIN_PATCH = 16
 TOPOLOGY_MODELS = ("unet", "unet_late_fusion", "hybrid")  # models whose encoder the planner sizes
@@ -38,17 +40,18 @@ class Budget:
     memory_gib: float
     step_seconds: float | None
     device: str  # "cpu" or "cuda"
+    precision: str = "fp32"  # "bf16" where the device has it natively (meddet.precision)
 
 
 def default_budget(gpu_memory_gib: float | None = None, step_seconds: float = 2.0) -> Budget:
     """CPU: a quarter of this machine's RAM (at most 8 GiB) and ``step_seconds``; GPU: its memory, no time cap."""
     if gpu_memory_gib:
-        return Budget(memory_gib=float(gpu_memory_gib) * 0.85, step_seconds=None, device="cuda")
+        return Budget(memory_gib=float(gpu_memory_gib) * 0.85, step_seconds=None, device="cuda", precision="bf16")
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError, AttributeError):
         total = 8.0
-    return Budget(memory_gib=min(total / 4, 8.0), step_seconds=step_seconds, device="cpu")
+    return Budget(memory_gib=min(total / 4, 8.0), step_seconds=step_seconds, device="cpu", precision=choose_precision("cpu")[0])
 
 
 def choose_target_spacing(fp: Fingerprint) -> tuple[list[float], str]:
@@ -108,7 +111,7 @@ def choose_patch_and_network(
             model = build_model("unet", in_channels, out_channels, patch_t, channels=channels, strides=strides)
         gflops = count_gflops(model, in_channels, patch_t)
         memory = _activation_gib(patch_t, channels, strides, batch)
-        seconds = 3 * gflops * batch / CPU_EFFECTIVE_GFLOPS if budget.step_seconds else None
+        seconds = 3 * gflops * batch / CPU_EFFECTIVE_GFLOPS[budget.precision] if budget.step_seconds else None
         fits = memory <= budget.memory_gib and (seconds is None or seconds <= budget.step_seconds)
         if fits or max(patch_t) <= MIN_PATCH:
             return {
@@ -178,7 +181,8 @@ def make_plan(
     decisions["patch_size"] = (
         f"largest patch (from the median image size {median_shape.astype(int).tolist()} at target spacing) whose "
         f"training step fits the budget: {budget.memory_gib:.1f} GiB"
-        + (f" and {budget.step_seconds:g} s per step at ~{CPU_EFFECTIVE_GFLOPS:g} GFLOP/s on this CPU" if budget.step_seconds else " of GPU memory")
+        + (f" and {budget.step_seconds:g} s per step at ~{CPU_EFFECTIVE_GFLOPS[budget.precision]:g} GFLOP/s "
+           f"({budget.precision}) on this CPU" if budget.step_seconds else " of GPU memory")
     )
     if "patch_size" in overrides:
         patch = [int(p) for p in overrides["patch_size"]]
@@ -217,7 +221,12 @@ def make_plan(
         "optimizer": "adamw", "learning_rate": float(overrides.get("learning_rate", 2e-3)), "weight_decay": 1e-5,
         "schedule": "poly", "oversample_foreground": 0.33, "seed": int(overrides.get("seed", 0)),
         "validation_fraction": 0.2, "augmentation_probability": 0.2, "cutmix_probability": 0.0,
+        "precision": overrides.get("precision", budget.precision),
     }
+    decisions["precision"] = "set by the user" if "precision" in overrides else (
+        choose_precision("cpu")[1] if budget.device == "cpu" and budget.precision == choose_precision("cpu")[0] else
+        f"{budget.precision} from the budget" + (" (float32 at run time on a GPU without bf16)" if budget.device == "cuda" else "")
+    )
     decisions["training"] = (
         "AdamW with poly decay converges in the short runs a CPU affords (nnU-Net's SGD needs ~10⁵ steps); a third "
         "of patches are centred on a lesion so small nodules are seen; 20% of cases held out for validation"

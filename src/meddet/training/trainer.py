@@ -28,6 +28,7 @@ from monai.inferers import sliding_window_inference
 from meddet.networks.registry import build_model_from_plan
 from meddet.planning.dataset import Case, load_dataset
 from meddet.planning.planner import load_plan
+from meddet.precision import autocast, resolve_precision
 from meddet.training.cache import build_cache, cache_dir_for, load_cached
 from meddet.training.curves import plot_training_curve
 from meddet.training.data import IterationBatches
@@ -75,12 +76,24 @@ def poly_lr(base: float, iteration: int, total: int, exponent: float = 0.9) -> f
     return base * (1 - iteration / max(total, 1)) ** exponent
 
 
-def foreground_dice(model: torch.nn.Module, cases, patch_size, device, sw_batch_size: int = 2) -> dict[str, float]:
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: torch.nn.Module,
+                  batch: dict[str, torch.Tensor], device: torch.device, precision: str) -> torch.Tensor:
+    """One optimiser step: forward under autocast (bf16 where resolved), loss and backward in float32."""
+    with autocast(device, precision):
+        logits = model(batch["image"].to(device))
+    loss = loss_fn(logits.float(), batch["label"].to(device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def foreground_dice(model: torch.nn.Module, cases, patch_size, device, precision: str = "fp32", sw_batch_size: int = 2) -> dict[str, float]:
     """Dice of the lesion class over all validation voxels (global), and the mean over cases that have lesions."""
     model.eval()
     inter = pred_sum = true_sum = 0.0
     per_case = []
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, precision):
         for case in cases:
             image = torch.from_numpy(np.array(case.image, dtype=np.float32))[None].to(device)
             logits = sliding_window_inference(image, tuple(patch_size), sw_batch_size, model, overlap=0.25, mode="gaussian")
@@ -166,6 +179,7 @@ def train(
     model = build_model_from_plan(plan).to(ctx.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
     loss_fn = build_loss(plan["loss"]["name"])
+    precision = resolve_precision(cfg.get("precision", "fp32"), ctx.device)
     start, best = 0, -1.0
     last = out / CHECKPOINT_LAST
     if resume and last.exists():
@@ -204,13 +218,9 @@ def train(
             lr = poly_lr(cfg["learning_rate"], iteration, total)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            logits = model(batch["image"].to(ctx.device))
-            loss = loss_fn(logits, batch["label"].to(ctx.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = training_step(model, optimizer, loss_fn, batch, ctx.device, precision)
             iteration += 1
-            window.append(float(loss.detach()))
+            window.append(float(loss))
             if progress is not None:
                 speed = len(window) / max(time.perf_counter() - tick, 1e-9)
                 progress.update(task, completed=iteration, info=f"loss {np.mean(window[-20:]):.4f}  {speed:.2f} it/s")
@@ -219,7 +229,7 @@ def train(
                                           "seconds": round(time.perf_counter() - tick, 2)}
                 if ctx.is_main:
                     if validation:
-                        record.update(foreground_dice(_weights_of(model), validation, plan["patch_size"], ctx.device))
+                        record.update(foreground_dice(_weights_of(model), validation, plan["patch_size"], ctx.device, precision))
                         if record["val_dice"] > best:
                             best = record["val_dice"]
                             save_checkpoint(out / CHECKPOINT_BEST, model, optimizer, iteration, best, plan)
@@ -244,7 +254,7 @@ def train(
     if ctx.is_main and not (out / CHECKPOINT_BEST).exists():
         save_checkpoint(out / CHECKPOINT_BEST, model, optimizer, iteration, best, plan)
     summary = {"iterations": iteration, "best_val_dice": best, "interrupted": interrupted, "rank": ctx.rank,
-               "world_size": ctx.world_size, "train_cases": len(train_cases), "validation_cases": len(val_cases),
+               "world_size": ctx.world_size, "precision": precision, "train_cases": len(train_cases), "validation_cases": len(val_cases),
                "weights_sha1": weights_digest(_weights_of(model))}
     name = "summary.json" if ctx.is_main else f"summary_rank{ctx.rank}.json"
     (out / name).write_text(json.dumps(summary, indent=1))
