@@ -1,9 +1,9 @@
 """Latency of `meddet predict` on a full-size phantom chest CT, against MONAI's plain sliding window.
 
-Usage:  python benchmarks/predict_latency.py [--model PATH] [--repeats 3] [--seed 31337]
+Usage:  python benchmarks/predict_latency.py [--model PATH] [--repeats 3] [--seed 31337 | --series DICOM_DIR]
 
-Generates one full-size (512×512) phantom as a DICOM series (a seed never used in training), then, in this one
-process and with the same weights:
+Generates one full-size (512×512) phantom as a DICOM series (a seed never used in training), or takes the DICOM
+series ``--series`` (e.g. a ~250-slice held-out phantom), then, in this one process and with the same weights:
   * meddet: DICOM folder → all outputs (lesions.json, mask, SEG, overlay), `repeats` times: median and stage breakdown;
   * baseline: MONAI `sliding_window_inference` with its defaults (sw_batch_size 1, overlap 0.25, constant blending)
     over the whole resampled, normalised scan (no lung crop), the same patch size.
@@ -36,11 +36,14 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=31337)
+    parser.add_argument("--series", type=Path, default=None, help="time this DICOM series instead of a generated one")
     args = parser.parse_args()
     model = load_model(resolve_model(args.model))
     with tempfile.TemporaryDirectory() as tmp:
-        data = generate_dataset(Path(tmp) / "data", n=1, seed=args.seed, small=False)
-        series = data / "dicom" / "phantom_0000"
+        if args.series is None:
+            series = generate_dataset(Path(tmp) / "data", n=1, seed=args.seed, small=False) / "dicom" / "phantom_0000"
+        else:
+            series = args.series
         runs = [predict_scan(model, series, Path(tmp) / f"out{i}")["timing_s"] for i in range(args.repeats)]
         volume = read_volume(series)
         plan = dict(model.plan, crop="none")
@@ -52,7 +55,7 @@ def main() -> None:
                 sliding_window_inference(whole, tuple(model.plan["patch_size"]), 1, model.network, overlap=0.25)
                 baseline.append(time.perf_counter() - start)
     print(f"scan: {volume.shape[::-1]} voxels (x, y, z), spacing {tuple(round(s, 3) for s in volume.spacing)} mm; "
-          f"{torch.get_num_threads()} threads; {args.repeats} repeats")
+          f"{torch.get_num_threads()} threads; {args.repeats} repeats; meddet precision {model.precision}")
     for stage in runs[0]:
         print(f"  meddet {stage:<12} median {statistics.median(r[stage] for r in runs):7.2f} s")
     ours = statistics.median(r["inference"] for r in runs)

@@ -65,10 +65,21 @@ def test_froc_and_cpm_match_the_hand_computed_example():
     result = froc(SCANS, bootstrap=0)
     np.testing.assert_allclose(result["sensitivity"], [0.3, 0.4, 0.4, 1.0, 1.0, 1.0, 1.0], atol=1e-4)
     assert result["cpm"] == pytest.approx(5.1 / 7, abs=1e-4)
-    assert result["num_nodules"] == 5 and result["num_scans"] == 4 and result["duplicate_hits_ignored"] == 1
+    assert result["num_nodules"] == 5 and result["num_scans"] == 4 and result["ignored_hits"] == 1
     np.testing.assert_allclose(result["curve"]["fps_per_scan"], [0, 0, 0.25, 0.5, 0.75, 0.75, 1, 1, 1])
     np.testing.assert_allclose(result["curve"]["sensitivity"], [0, 0.2, 0.4, 0.4, 0.4, 0.6, 0.6, 0.8, 1.0])
     assert "cpm_ci95" not in result
+
+
+def test_froc_over_nodules_of_6_mm_and_more_ignores_hits_on_smaller_ones():
+    # Only N2 (4 mm) is under 6 mm: its 0.45 hit becomes ignored (neither TP nor FP), 4 nodules count:
+    #   0.95 N5 (0, 0.25); 0.9 N1 + FP (0.25, 0.5); 0.6, 0.5 FPs (0.75, 0.5); 0.4 FP (1.0, 0.5); 0.35 N4, 0.3 N3 → 1.0
+    # 1/8 → halfway up the diagonal = 0.375; 1/4, 1/2 → 0.5; 1 and beyond → 1.0. CPM = (0.375 + 1 + 4) / 7.
+    result = froc(SCANS, bootstrap=0, min_diameter_mm=6.0)
+    np.testing.assert_allclose(result["sensitivity"], [0.375, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0], atol=1e-4)
+    assert result["cpm"] == pytest.approx(5.375 / 7, abs=1e-4)
+    assert result["num_nodules"] == 4 and result["ignored_hits"] == 2
+    assert match_case(*SCAN_A, min_diameter_mm=6.0).hit_index.tolist() == [0, HIT_FP, HIT_IGNORED, HIT_IGNORED, HIT_FP]
 
 
 def test_matching_rules_duplicates_nearest_and_small_nodules():

@@ -25,7 +25,7 @@ import numpy as np
 
 from meddet.detection.lesions import lesions_from_label_map
 from meddet.errors import MeddetInputError
-from meddet.evaluation.froc import case_counts, froc, operating_point
+from meddet.evaluation.froc import SMALL_NODULE_MM, case_counts, froc, operating_point
 from meddet.evaluation.segmentation import dice, hd95, summarize
 from meddet.io import read_volume
 
@@ -221,6 +221,7 @@ def evaluate(
         "failed_cases": sum(1 for r in per_case if "error" in r),
         "unpaired_truth_cases": unpaired,
         "froc": froc(pairs, bootstrap=bootstrap, seed=seed),
+        "froc_6mm": froc(pairs, bootstrap=bootstrap, seed=seed, min_diameter_mm=SMALL_NODULE_MM),
         "operating_point": operating_point(pairs, operating_threshold),
         "segmentation": {**summarize(dices, distances), "both_empty_cases": both_empty},
         "latency_s": latency(timings),
@@ -229,6 +230,7 @@ def evaluate(
             "hit_rule": "LUNA16: predicted centre within the nodule radius (3 mm for nodules under 6 mm); "
                         "duplicate hits on a nodule ignored, not false positives",
             "froc": "scores pooled over scans; sensitivity linearly interpolated at each FP rate; CPM = mean of the 7",
+            "froc_6mm": "the same over nodules >= 6 mm only; hits on smaller nodules are ignored, not false positives",
             "bootstrap": "scans resampled with replacement; 2.5th-97.5th percentiles",
             "segmentation": "lesion voxels (any instance > 0); both empty: Dice 1, HD95 0; one empty: Dice 0, "
                             "HD95 undefined (left out of the mean, counted); HD95 = max of the two directed 95th "

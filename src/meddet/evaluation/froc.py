@@ -50,18 +50,21 @@ def hit_radius(diameter_mm: float) -> float:
     return SMALL_NODULE_RADIUS_MM if diameter_mm < SMALL_NODULE_MM else diameter_mm / 2.0
 
 
-def match_case(predictions: list[dict], truth: list[dict]) -> MatchedCase:
+def match_case(predictions: list[dict], truth: list[dict], min_diameter_mm: float = 0.0) -> MatchedCase:
     """Assign each prediction (highest score first) to the nearest not-yet-hit nodule whose hit radius holds its centre.
 
     Going down the scores means a nodule is credited with the highest score that hits it, which is what the FROC
     needs. A prediction whose centre only lies in already-hit nodules is a duplicate: ignored (-2), not a false
-    positive. A prediction hitting no nodule is a false positive (-1).
+    positive. A prediction hitting no nodule is a false positive (-1). Nodules under ``min_diameter_mm`` do not
+    count: finding one is neither a hit nor a false positive (ignored, as LUNA16 treats its irrelevant findings),
+    which is how the sensitivity "for nodules ≥ 6 mm" of a clinical bar is measured.
     """
     order = sorted(range(len(predictions)), key=lambda i: -float(predictions[i]["score"]))
     scores = np.array([float(predictions[i]["score"]) for i in order], dtype=float)
     hits = np.full(len(order), HIT_FP, dtype=int)
+    counted = np.array([float(t["diameter_mm"]) >= min_diameter_mm for t in truth], dtype=bool)
     if not truth or not order:
-        return MatchedCase(scores, hits, len(truth))
+        return MatchedCase(scores, hits, int(counted.sum()))
     centres = np.array([t["center_mm"] for t in truth], dtype=float).reshape(-1, 3)
     radii = np.array([hit_radius(float(t["diameter_mm"])) for t in truth], dtype=float)
     points = np.array([predictions[i]["center_mm"] for i in order], dtype=float).reshape(-1, 3)
@@ -75,8 +78,8 @@ def match_case(predictions: list[dict], truth: list[dict]) -> MatchedCase:
             continue
         nearest = int(free[np.argmin(distance[rank, free])])
         taken[nearest] = True
-        hits[rank] = nearest
-    return MatchedCase(scores, hits, len(truth))
+        hits[rank] = nearest if counted[nearest] else HIT_IGNORED
+    return MatchedCase(scores, hits, int(counted.sum()))
 
 
 def froc_curve(cases: Sequence[MatchedCase]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,7 +119,7 @@ def _ci(values: np.ndarray) -> list[float]:
 
 def froc(
     cases: Sequence[Pair], fp_rates: Sequence[float] = FP_RATES, bootstrap: int = 1000, seed: int = 0,
-    band_points: int = 41,
+    band_points: int = 41, min_diameter_mm: float = 0.0,
 ) -> dict:
     """FROC points, CPM, the full curve and bootstrap 95% intervals for ``(predictions, truth)`` pairs, one per scan.
 
@@ -124,9 +127,10 @@ def froc(
     does: nodules in one scan are not independent, so resampling nodules would make the intervals too narrow.
     Draws without any nodule have no sensitivity and are skipped. ``band`` is the pointwise interval of the curve
     on a log-spaced FP grid, for plotting. With no nodule at all every sensitivity is reported as 0 and
-    ``num_nodules`` is 0: read them as undefined.
+    ``num_nodules`` is 0: read them as undefined. ``min_diameter_mm`` restricts the nodules that count (see
+    ``match_case``); ``ignored_hits`` counts duplicate hits and hits on nodules that do not count.
     """
-    matched = [match_case(p, t) for p, t in cases]
+    matched = [match_case(p, t, min_diameter_mm) for p, t in cases]
     fps, sens, thresholds = froc_curve(matched)
     points = sensitivity_at(fps, sens, fp_rates)
     result = {
@@ -135,10 +139,11 @@ def froc(
         "cpm": round(float(points.mean()), 4),
         "curve": {"fps_per_scan": fps.round(4).tolist(), "sensitivity": sens.round(4).tolist(),
                   "threshold": [None if np.isinf(t) else round(float(t), 5) for t in thresholds]},
+        "min_diameter_mm": min_diameter_mm,
         "num_scans": len(matched),
         "num_nodules": int(sum(c.num_truth for c in matched)),
         "num_predictions": int(sum(len(c.scores) for c in matched)),
-        "duplicate_hits_ignored": int(sum(np.sum(c.hit_index == HIT_IGNORED) for c in matched)),
+        "ignored_hits": int(sum(np.sum(c.hit_index == HIT_IGNORED) for c in matched)),
     }
     if bootstrap and matched and result["num_nodules"]:
         rng = np.random.default_rng(seed)

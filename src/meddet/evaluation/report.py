@@ -105,6 +105,13 @@ def overall_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
              "95% CI": _ci(froc.get("cpm_ci95"))}]
     rows += [{"metric": f"sensitivity at {r:g} FP/scan", "value": None if undefined else s, "95% CI": _ci(c)}
              for r, s, c in zip(froc["fp_rates"], froc["sensitivity"], ci)]
+    large = metrics.get("froc_6mm")
+    if large is not None and large["num_nodules"]:
+        at_one = large["fp_rates"].index(1.0) if 1.0 in large["fp_rates"] else None
+        rows.append({"metric": f"nodules ≥ 6 mm ({large['num_nodules']}): CPM", "value": large["cpm"], "95% CI": _ci(large.get("cpm_ci95"))})
+        if at_one is not None:
+            rows.append({"metric": "nodules ≥ 6 mm: sensitivity at 1 FP/scan", "value": large["sensitivity"][at_one],
+                         "95% CI": _ci(large.get("sensitivity_ci95", [None] * len(large["fp_rates"]))[at_one])})
     threshold = f" (score ≥ {op['threshold']:g})" if op["threshold"] else " (all reported lesions)"
     rows += [
         {"metric": f"sensitivity{threshold}", "value": op["sensitivity"], "95% CI": f"{op['detected']}/{op['nodules']} nodules"},
@@ -163,7 +170,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f
 img{{max-width:100%}}figure{{display:inline-block;width:48%;margin:0 1% 1em 0}}.warn{{color:#a40}}</style></head><body>
 <h1>meddet evaluation</h1>
 <p>{metrics['cases']} scans, {froc['num_nodules']} nodules, {froc['num_predictions']} predicted lesions
-({froc['duplicate_hits_ignored']} duplicate hits ignored). Both lesion masks empty in {seg['both_empty_cases']} case(s):
+({froc['ignored_hits']} duplicate hits ignored). Both lesion masks empty in {seg['both_empty_cases']} case(s):
 Dice 1, HD95 0 there.</p>{warnings}
 <h2>Overall</h2>{_table(overall_rows(metrics))}
 <h2>FROC</h2><img src="froc.png" alt="FROC curve">

@@ -22,7 +22,7 @@ from meddet.io import read_volume
 from meddet.planning.dataset import load_dataset
 from meddet.training.trainer import split_cases
 
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MIN_VOLUMES_MM3 = (0.0, 10.0, 30.0)
 
 
