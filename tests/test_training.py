@@ -12,7 +12,7 @@ import torch
 from meddet.planning.dataset import load_dataset
 from meddet.planning.fingerprint import compute_fingerprint
 from meddet.planning.planner import Budget, make_plan, save_plan
-from meddet.training.trainer import CHECKPOINT_BEST, CHECKPOINT_LAST, train
+from meddet.training.trainer import CHECKPOINT_BEST, CHECKPOINT_LAST, train, validate
 from tiny_dataset import make_tiny_dataset
 
 OVERRIDES = {"patch_size": [16, 32, 32], "iterations": 6, "crop": "none", "seed": 3}
@@ -42,6 +42,7 @@ def test_training_writes_checkpoints_log_and_curve(tmp_path):
     records = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [3, 6]
     assert all(0.0 <= r["val_dice"] <= 1.0 and np.isfinite(r["loss"]) for r in records)
+    assert all(r["val_fp_per_scan"] >= 0 and (np.isnan(r["val_sensitivity"]) or 0 <= r["val_sensitivity"] <= 1) for r in records)
     checkpoint = torch.load(run / CHECKPOINT_BEST, weights_only=False)
     assert checkpoint["plan"]["patch_size"] == [16, 32, 32]  # everything needed to predict travels with it
 
@@ -82,3 +83,33 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     assert rank0["world_size"] == 2 and rank1["rank"] == 1
     assert rank0["weights_sha1"] == rank1["weights_sha1"]
     assert rank0["iterations"] == rank1["iterations"] == 6
+
+
+class _LabelEcho(torch.nn.Module):
+    """Logits that reproduce the input as the lesion mask (an oracle when the input is the label), or never lesion."""
+
+    def __init__(self, oracle: bool) -> None:
+        super().__init__()
+        self.oracle = oracle
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lesion = (x - 0.5) * 20 if self.oracle else torch.full_like(x, -10.0)
+        return torch.cat([-lesion, lesion], dim=1)
+
+
+def test_validation_reports_dice_and_lesion_sensitivity_and_false_positives():
+    from types import SimpleNamespace
+
+    label = np.zeros((16, 32, 32), np.uint8)
+    label[4:8, 4:8, 4:8] = 1      # two separate nodules
+    label[10:13, 20:24, 20:24] = 1
+    image = label.astype(np.float32)[None]
+    image_with_fp = image.copy()
+    image_with_fp[0, 2:4, 25:28, 3:6] = 1.0  # the oracle also "finds" a blob the label does not have
+    plan = {"target_spacing": [1.0, 1.0, 2.0], "patch_size": [16, 32, 32]}
+    cases = [SimpleNamespace(image=image, label=label), SimpleNamespace(image=image_with_fp, label=label)]
+    found = validate(_LabelEcho(oracle=True), cases, plan, torch.device("cpu"))
+    assert found["val_sensitivity"] == 1.0 and found["val_fp_per_scan"] == 0.5
+    assert found["val_dice_mean_case"] == pytest.approx((1.0 + 2 * 112 / (112 + 130)) / 2)
+    blind = validate(_LabelEcho(oracle=False), cases, plan, torch.device("cpu"))
+    assert blind["val_sensitivity"] == 0.0 and blind["val_fp_per_scan"] == 0.0 and blind["val_dice"] == 0.0

@@ -25,8 +25,12 @@ def plot_training_curve(log_path: Path, png_path: Path) -> Path:
         ax_dice = ax_loss.twinx()
         points = [(r["iteration"], r["val_dice"]) for r in records if "val_dice" in r]
         ax_dice.plot(*zip(*points), color="tab:red", marker="o", label="validation Dice (nodules)")
-        ax_dice.set_ylabel("validation Dice", color="tab:red")
+        sensitivity = [(r["iteration"], r["val_sensitivity"]) for r in records if r.get("val_sensitivity") is not None]
+        if sensitivity:
+            ax_dice.plot(*zip(*sensitivity), color="tab:green", marker="s", label="lesion sensitivity")
+        ax_dice.set_ylabel("validation Dice / sensitivity", color="tab:red")
         ax_dice.set_ylim(0, 1)
+        ax_dice.legend(loc="lower right", fontsize=8)
     ax_loss.set_title("meddet training")
     fig.tight_layout()
     fig.savefig(png_path)

@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 from monai.inferers import sliding_window_inference
 
+from meddet.detection.lesions import extract_lesions, lesions_from_label_map
+from meddet.evaluation.froc import case_counts
 from meddet.networks.registry import build_model_from_plan
 from meddet.planning.dataset import Case, load_dataset
 from meddet.planning.planner import load_plan
@@ -33,6 +35,7 @@ from meddet.training.cache import build_cache, cache_dir_for, load_cached
 from meddet.training.curves import plot_training_curve
 from meddet.training.data import IterationBatches
 from meddet.training.losses import build_loss
+from meddet.volume import Volume
 
 CHECKPOINT_LAST = "checkpoint_last.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"
@@ -88,25 +91,42 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss
     return loss.detach()
 
 
-def foreground_dice(model: torch.nn.Module, cases, patch_size, device, precision: str = "fp32", sw_batch_size: int = 2) -> dict[str, float]:
-    """Dice of the lesion class over all validation voxels (global), and the mean over cases that have lesions."""
+def validate(model: torch.nn.Module, cases, plan: dict[str, Any], device, precision: str = "fp32",
+             sw_batch_size: int = 2) -> dict[str, float]:
+    """Voxel and lesion metrics of the lesion probability (1 − p(background)) ≥ 0.5 on the validation cases.
+
+    ``val_dice``: Dice over all validation voxels pooled (global); ``val_dice_mean_case``: mean over cases with
+    lesions. ``val_sensitivity`` / ``val_fp_per_scan``: lesions as the predictor reports them (connected
+    components, LUNA16 hit rule against the label map's components), so the curve shows what a clinic will see,
+    not only voxel overlap, which a few false-positive blobs on vessels can dominate.
+    """
     model.eval()
     inter = pred_sum = true_sum = 0.0
     per_case = []
+    found = nodules = false_positives = 0
+    spacing = tuple(float(s) for s in plan["target_spacing"])
     with torch.no_grad(), autocast(device, precision):
         for case in cases:
             image = torch.from_numpy(np.array(case.image, dtype=np.float32))[None].to(device)
-            logits = sliding_window_inference(image, tuple(patch_size), sw_batch_size, model, overlap=0.25, mode="gaussian")
-            pred = (logits.argmax(1)[0] > 0).cpu().numpy()
+            logits = sliding_window_inference(image, tuple(plan["patch_size"]), sw_batch_size, model, overlap=0.25, mode="gaussian")
+            probability = (1.0 - torch.softmax(logits.float(), dim=1)[0, 0]).cpu().numpy()
+            pred = probability >= 0.5
             truth = np.asarray(case.label) > 0
             i, p, t = float((pred & truth).sum()), float(pred.sum()), float(truth.sum())
             inter, pred_sum, true_sum = inter + i, pred_sum + p, true_sum + t
             if t > 0:
                 per_case.append(2 * i / (p + t))
+            predicted, _ = extract_lesions(Volume(probability, spacing), threshold=0.5)
+            reference = lesions_from_label_map(Volume(truth.astype(np.uint8), spacing), binary=True)
+            counts = case_counts(predicted, reference)
+            found, nodules = found + counts["detected"], nodules + len(reference)
+            false_positives += counts["false_positives"]
     model.train()
     return {
         "val_dice": 2 * inter / (pred_sum + true_sum) if pred_sum + true_sum > 0 else 1.0,
         "val_dice_mean_case": float(np.mean(per_case)) if per_case else float("nan"),
+        "val_sensitivity": found / nodules if nodules else float("nan"),
+        "val_fp_per_scan": false_positives / max(len(cases), 1),
     }
 
 
@@ -229,7 +249,7 @@ def train(
                                           "seconds": round(time.perf_counter() - tick, 2)}
                 if ctx.is_main:
                     if validation:
-                        record.update(foreground_dice(_weights_of(model), validation, plan["patch_size"], ctx.device, precision))
+                        record.update(validate(_weights_of(model), validation, plan, ctx.device, precision))
                         if record["val_dice"] > best:
                             best = record["val_dice"]
                             save_checkpoint(out / CHECKPOINT_BEST, model, optimizer, iteration, best, plan)
