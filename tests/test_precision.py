@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from meddet.networks.registry import build_model
-from meddet.precision import autocast, choose_precision, native_bf16, resolve_precision
+from meddet.errors import MeddetInputError
+from meddet.precision import autocast, choose_precision, native_bf16, parse_precision, resolve_precision
 
 
 def test_resolve_precision_downgrades_without_native_bf16() -> None:
@@ -29,3 +30,9 @@ def test_bf16_autocast_matches_fp32_logits() -> None:
     assert float(diff.max()) < 0.05 and float(diff.mean()) < 0.01
     with torch.no_grad(), autocast("cpu", "fp32"):
         assert model(x).dtype == torch.float32
+
+
+def test_parse_precision_accepts_the_known_names_and_explains_the_rest() -> None:
+    assert parse_precision(None) is None and parse_precision("bf16") == "bf16" and parse_precision("fp32") == "fp32"
+    with pytest.raises(MeddetInputError, match="fp16"):
+        parse_precision("fp16")

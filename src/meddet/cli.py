@@ -98,6 +98,9 @@ def plan(
     from meddet.planning.dataset import load_dataset
     from meddet.planning.fingerprint import compute_fingerprint
     from meddet.planning.planner import default_budget, make_plan, save_plan
+    from meddet.precision import parse_precision
+
+    parse_precision(precision)  # before the fingerprint: bad input fails at once
 
     def triple(text: Optional[str], cast):
         return None if text is None else [cast(v) for v in text.split(",")]
@@ -110,8 +113,6 @@ def plan(
         "model": model, "loss": loss, "patch_size": triple(patch_size, int), "target_spacing": triple(target_spacing, float),
         "iterations": iterations, "batch_size": batch_size, "seed": seed, "precision": precision,
     }
-    if precision not in (None, "bf16", "fp32"):
-        raise MeddetInputError(f"Unknown precision '{precision}'.", hint="Use bf16 or fp32.")
     result = make_plan(fingerprint, default_budget(gpu_memory, step_seconds), overrides, index.labels)
     path = save_plan(result, out or root / "plan.json")
     console.print(f"{len(index.cases)} labelled case(s), {len(index.unlabelled)} unlabelled; plan written to {path}")
@@ -182,12 +183,11 @@ def predict(
     from meddet.inference.models import resolve_model
     from meddet.inference.pipeline import predict_path
     from meddet.inference.predictor import load_model
+    from meddet.precision import parse_precision
 
     if threads:
         torch.set_num_threads(threads)
-    if precision not in (None, "bf16", "fp32"):
-        raise MeddetInputError(f"Unknown precision '{precision}'.", hint="Use bf16 or fp32.")
-    loaded = load_model(resolve_model(model), precision)
+    loaded = load_model(resolve_model(model), parse_precision(precision))
     results = predict_path(loaded, source, out, tta=tta, series_uid=series)
     for result in results:
         if "error" in result:

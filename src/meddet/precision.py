@@ -15,7 +15,16 @@ from collections.abc import Iterator
 
 import torch
 
+from meddet.errors import MeddetInputError
+
 PRECISIONS = ("bf16", "fp32")
+
+
+def parse_precision(text: str | None) -> str | None:
+    """A precision given by a user (command line): None (the default) or one of ``PRECISIONS``; else a plain error."""
+    if text not in (None, *PRECISIONS):
+        raise MeddetInputError(f"Unknown precision '{text}'.", hint=f"Use {' or '.join(PRECISIONS)}.")
+    return text
 
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:

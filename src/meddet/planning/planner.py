@@ -223,8 +223,9 @@ def make_plan(
         "validation_fraction": 0.2, "augmentation_probability": 0.2, "cutmix_probability": 0.0,
         "precision": overrides.get("precision", budget.precision),
     }
+    cpu_precision, cpu_reason = choose_precision("cpu")
     decisions["precision"] = "set by the user" if "precision" in overrides else (
-        choose_precision("cpu")[1] if budget.device == "cpu" and budget.precision == choose_precision("cpu")[0] else
+        cpu_reason if budget.device == "cpu" and budget.precision == cpu_precision else
         f"{budget.precision} from the budget" + (" (float32 at run time on a GPU without bf16)" if budget.device == "cuda" else "")
     )
     decisions["training"] = (

@@ -110,13 +110,13 @@ def validate(model: torch.nn.Module, cases, plan: dict[str, Any], device, precis
             image = torch.from_numpy(np.array(case.image, dtype=np.float32))[None].to(device)
             logits = sliding_window_inference(image, tuple(plan["patch_size"]), sw_batch_size, model, overlap=0.25, mode="gaussian")
             probability = (1.0 - torch.softmax(logits.float(), dim=1)[0, 0]).cpu().numpy()
-            pred = probability >= 0.5
+            predicted, instances = extract_lesions(Volume(probability, spacing), threshold=0.5)
+            pred = instances.array > 0  # every component is kept (no minimum volume): exactly probability ≥ 0.5
             truth = np.asarray(case.label) > 0
             i, p, t = float((pred & truth).sum()), float(pred.sum()), float(truth.sum())
             inter, pred_sum, true_sum = inter + i, pred_sum + p, true_sum + t
             if t > 0:
                 per_case.append(2 * i / (p + t))
-            predicted, _ = extract_lesions(Volume(probability, spacing), threshold=0.5)
             reference = lesions_from_label_map(Volume(truth.astype(np.uint8), spacing), binary=True)
             counts = case_counts(predicted, reference)
             found, nodules = found + counts["detected"], nodules + len(reference)
