@@ -41,6 +41,10 @@ def test_smaller_budget_gives_smaller_patch():
     assert small["budget"]["estimated_step_memory_gib"] <= 0.25
     cpu = make_plan(fp, Budget(memory_gib=8.0, step_seconds=1.0, device="cpu"))
     assert cpu["budget"]["estimated_step_seconds"] <= 1.0
+    fast = make_plan(fp, Budget(memory_gib=8.0, step_seconds=1.0, device="cpu", precision="bf16"))
+    assert np.prod(fast["patch_size"]) > np.prod(cpu["patch_size"]) and fast["training"]["precision"] == "bf16"
+    overridden = make_plan(fp, Budget(memory_gib=8.0, step_seconds=1.0, device="cpu", precision="bf16"), {"precision": "fp32"})
+    assert overridden["patch_size"] == cpu["patch_size"] and overridden["training"]["precision"] == "fp32"
     for plan in (big, small, cpu):
         strides = np.array(plan["model"]["strides"])
         assert all(p % int(np.prod(strides[:, a])) == 0 for a, p in enumerate(plan["patch_size"]))

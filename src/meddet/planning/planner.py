@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,8 @@ def make_plan(
     """The plan: preprocessing, model, loss and training settings, each with its reason."""
     budget = budget or default_budget()
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "precision" in overrides:  # the step-time estimate that sizes the patch depends on it
+        budget = replace(budget, precision=overrides["precision"])
     labels = labels or {"background": 0, "foreground": 1}
     num_classes = max(labels.values()) + 1
     decisions: dict[str, str] = {}
@@ -221,7 +223,7 @@ def make_plan(
         "optimizer": "adamw", "learning_rate": float(overrides.get("learning_rate", 2e-3)), "weight_decay": 1e-5,
         "schedule": "poly", "oversample_foreground": 0.33, "seed": int(overrides.get("seed", 0)),
         "validation_fraction": 0.2, "augmentation_probability": 0.2, "cutmix_probability": 0.0,
-        "precision": overrides.get("precision", budget.precision),
+        "precision": budget.precision,
     }
     cpu_precision, cpu_reason = choose_precision("cpu")
     decisions["precision"] = "set by the user" if "precision" in overrides else (
