@@ -26,7 +26,7 @@ from meddet.preprocess.prepare import prepare_case
 from meddet.training.augment import sample_patch
 from meddet.training.cache import build_cache, cache_dir_for, load_cached
 from meddet.training.data import IterationBatches
-from meddet.training.losses import build_loss
+from meddet.training.losses import build_training_loss
 from meddet.training.trainer import training_step
 
 
@@ -62,7 +62,7 @@ def main() -> None:
     folder = build_cache(cases, plan, cache_dir_for(plan, index.root))
     model = build_model_from_plan(plan)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    loss_fn = build_loss(plan["loss"]["name"])
+    loss_fn = build_training_loss(plan)
     cached = IterationBatches(load_cached(folder, [c.name for c in cases]), tuple(plan["patch_size"]), plan["batch_size"], 0,
                               augmentation_probability=0.0)
     rng = np.random.default_rng(0)

@@ -12,8 +12,8 @@ from meddet.training.augment import (
     RandGammad,
     build_augmentation,
     cutmix,
-    draw_patch,
     foreground_voxels,
+    forced_foreground,
     sample_patch,
     spatial_transforms,
 )
@@ -131,15 +131,14 @@ def test_forced_patches_always_contain_the_lesion() -> None:
     assert len(starts) > 10  # jittered, not always the same crop
 
 
-def test_about_a_third_of_drawn_patches_hold_a_lesion() -> None:
-    image, label = _tiny_lesion_case()
+def test_every_batch_of_two_forces_exactly_one_lesion_patch() -> None:
     rng = np.random.default_rng(0)
-    fg = foreground_voxels(label)
-    patches = [draw_patch(image, label, (16, 16, 16), rng, foreground=fg) for _ in range(600)]
-    forced = np.mean([p.forced for p in patches])
-    with_lesion = np.mean([p.label.any() for p in patches])
-    assert forced == pytest.approx(0.33, abs=0.06)
-    assert 0.27 <= with_lesion <= 0.45  # forced ones, plus a few random patches that happen to hit it
+    assert forced_foreground(2, 0.33, rng) == [False, True]  # nnU-Net: the last third of the batch
+    assert forced_foreground(3, 0.33, rng) == [False, False, True]
+    assert forced_foreground(4, 0.5, rng) == [False, False, True, True]
+    assert forced_foreground(2, 0.0, rng) == [False, False]
+    singles = np.mean([forced_foreground(1, 0.33, rng)[0] for _ in range(600)])
+    assert singles == pytest.approx(0.33, abs=0.06)  # a batch of one: a coin per batch
 
 
 def test_small_case_is_padded_and_lesion_kept() -> None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from meddet.errors import MeddetInputError
-from meddet.training.losses import available_losses, build_loss
+from meddet.training.losses import DeepSupervisedLoss, available_losses, build_loss, build_training_loss
 
 ALL = ["dice", "dice_ce", "dice_focal", "focal"]
 
@@ -104,3 +104,21 @@ def test_losses_give_gradients() -> None:
         logits = torch.zeros(2, 2, 8, 8, 8, requires_grad=True)
         build_loss(name)(logits, labels).backward()
         assert logits.grad is not None and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_deep_supervised_loss_weights_heads_by_halves_and_passes_plain_logits_through() -> None:
+    labels = _labels()
+    right, wrong = _logits_for(labels, 20.0), _logits_for(labels, -20.0)
+    loss = DeepSupervisedLoss(build_loss("dice"), heads=2)
+    # heads: full resolution right (Dice loss 0), two coarser heads wrong (Dice loss 1): weights 4/7, 2/7, 1/7
+    stacked = torch.stack([right, wrong, wrong], dim=1)
+    assert loss(stacked, labels).item() == pytest.approx(3 / 7, abs=1e-4)
+    assert loss(torch.stack([wrong, right, right], dim=1), labels).item() == pytest.approx(4 / 7, abs=1e-4)
+    assert loss(right, labels).item() == pytest.approx(0.0, abs=1e-4)  # eval-mode output: the plain loss
+
+
+def test_training_loss_follows_the_plans_heads() -> None:
+    plan = {"loss": {"name": "dice_ce"}, "model": {"name": "unet", "deep_supervision": 3}}
+    assert isinstance(build_training_loss(plan), DeepSupervisedLoss)
+    plan["model"] = {"name": "swin_unetr"}
+    assert not isinstance(build_training_loss(plan), DeepSupervisedLoss)

@@ -8,6 +8,7 @@ import torch
 from meddet.errors import MeddetInputError
 from meddet.networks import available_models, build_model, count_parameters, describe_models, required_divisor
 from meddet.networks.topology import default_topology
+from meddet.networks.unet import deep_supervision_heads
 
 # Tiny widths keep each case well under a second on a CPU; swin_unetr needs sides that are multiples of 32 and a
 # bottleneck of more than one voxel, so its smallest patch is 64x64x32.
@@ -122,3 +123,22 @@ def test_hybrid_runs_at_another_size_by_resizing_its_positional_embedding() -> N
     model = build_model("hybrid", 1, 2, CUBE, **TINY_ARCH["hybrid"]).eval()
     with torch.no_grad():
         assert model(torch.zeros(1, 1, 64, 32, 32)).shape == (1, 2, 64, 32, 32)
+
+
+def test_unet_deep_supervision_stacks_heads_in_training_and_returns_plain_logits_in_eval() -> None:
+    torch.manual_seed(0)
+    heads = deep_supervision_heads(SMALL["strides"])
+    assert heads == 1 and deep_supervision_heads([(2, 2, 2)] * 4) == 3  # every decoder level but the coarsest
+    model = build_model("unet", 1, 2, CUBE, **SMALL, deep_supervision=heads).train()
+    x = torch.randn(2, 1, *CUBE)
+    outputs = model(x)
+    assert outputs.shape == (2, 1 + heads, 2, *CUBE)
+    outputs.sum().backward()
+    assert all(param.grad is not None for param in model.parameters())  # the heads are trained too
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, 2, *CUBE)
+
+
+def test_unet_rejects_more_heads_than_decoder_levels() -> None:
+    with pytest.raises(ValueError, match="at most 1 heads"):
+        build_model("unet", 1, 2, CUBE, **SMALL, deep_supervision=2)

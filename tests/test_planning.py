@@ -7,8 +7,9 @@ import pytest
 
 from meddet.errors import MeddetInputError
 from meddet.planning.dataset import load_dataset
-from meddet.planning.fingerprint import Fingerprint
+from meddet.planning.fingerprint import Fingerprint, compute_fingerprint, context_shell
 from meddet.planning.planner import Budget, choose_target_spacing, make_plan
+from tiny_dataset import make_tiny_dataset
 
 
 def _fingerprint(spacings, shapes, channels=("CT",)) -> Fingerprint:
@@ -48,6 +49,7 @@ def test_smaller_budget_gives_smaller_patch():
     for plan in (big, small, cpu):
         strides = np.array(plan["model"]["strides"])
         assert all(p % int(np.prod(strides[:, a])) == 0 for a, p in enumerate(plan["patch_size"]))
+        assert plan["model"]["deep_supervision"] == len(strides) - 1  # unet: a head per decoder level but the coarsest
 
 
 def test_plan_records_reasons_normalisation_and_overrides():
@@ -65,6 +67,7 @@ def test_swin_unetr_patch_is_rounded_to_its_divisor():
     fp = _fingerprint([(1.0, 1.0, 1.0)] * 3, [(100, 150, 150)] * 3)
     plan = make_plan(fp, Budget(2.0, 3.0, "cpu"), {"model": "swin_unetr"})
     assert all(p % 32 == 0 and p >= 64 for p in plan["patch_size"])
+    assert "deep_supervision" not in plan["model"]  # only the unet family has heads
 
 
 def test_msd_layout_with_channels_and_unlabelled(tmp_path):
@@ -95,3 +98,21 @@ def test_csv_dataset(tmp_path):
         load_dataset(tmp_path / "bad.csv")
     with pytest.raises(MeddetInputError, match="no dataset.json"):
         load_dataset(tmp_path)
+
+
+def test_context_shell_is_the_tissue_within_the_margin_in_mm():
+    fg = np.zeros((9, 21, 21), bool)
+    fg[4, 10, 10] = True
+    shell = context_shell(fg, (1.0, 1.0, 2.0), margin_mm=2.5)  # x, y spacing 1 mm, z 2 mm
+    assert not shell[4, 10, 10]
+    assert shell[4, 10, 12] and not shell[4, 10, 13]  # 2 mm in-plane: in; 3 mm: out
+    assert shell[5, 10, 10] and not shell[6, 10, 10]  # one slice (2 mm): in; two (4 mm): out
+    assert not context_shell(np.zeros_like(fg), (1.0, 1.0, 2.0)).any()
+
+
+def test_ct_intensity_statistics_keep_the_tissue_around_the_lesions(tmp_path):
+    # tiny dataset: lesions at 30 ± 25 HU in "lung" at -850 ± 25 HU
+    stats = compute_fingerprint(load_dataset(make_tiny_dataset(tmp_path / "tiny"))).intensity[0]
+    assert stats["percentile_00_5"] < -850  # the lung the lesions are told apart from is not clipped away
+    assert stats["percentile_99_5"] > 30
+    assert -700 < stats["mean"] < -100  # lesions and context in equal parts

@@ -28,7 +28,7 @@ def phantom_and_model(tmp_path_factory):
     data = generate_dataset(root / "data", n=2, seed=7, small=True)
     index = load_dataset(data)
     plan = make_plan(compute_fingerprint(index), Budget(1.0, 2.0, "cpu"), {"patch_size": [32, 96, 96], "iterations": 2, "seed": 1}, index.labels)
-    plan["model"].update(channels=[4, 8, 16], strides=[[2, 2, 2], [2, 2, 2]])
+    plan["model"].update(channels=[4, 8, 16], strides=[[2, 2, 2], [2, 2, 2]], deep_supervision=1)
     plan["training"]["validate_every"] = 2
     train(save_plan(plan, root / "plan.json"), root / "run", num_workers=0, show_progress=False)
     checkpoint = root / "run" / CHECKPOINT_BEST

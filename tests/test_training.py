@@ -24,6 +24,7 @@ def _plan(tmp_path, channels=1, **extra):
     plan = make_plan(compute_fingerprint(index), Budget(1.0, 2.0, "cpu"), {**OVERRIDES, **extra}, index.labels)
     plan["model"]["channels"] = [8, 16, 32]  # tiny network for a fast test
     plan["model"]["strides"] = [[1, 2, 2], [2, 2, 2]]
+    plan["model"]["deep_supervision"] = 1
     plan["training"]["validate_every"] = 3
     return save_plan(plan, tmp_path / "plan.json")
 

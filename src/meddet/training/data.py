@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from meddet.training.augment import build_augmentation, cutmix, sample_patch
+from meddet.training.augment import build_augmentation, cutmix, forced_foreground, sample_patch
 from meddet.training.cache import CachedCase
 
 
@@ -59,8 +59,8 @@ class IterationBatches(torch.utils.data.Dataset):
     def __getitem__(self, iteration: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.rank, int(iteration)])
         images, labels = [], []
-        for _ in range(self.batch_size):
-            image, label = self._patch(rng, force_foreground=bool(rng.random() < self.oversample))
+        for force in forced_foreground(self.batch_size, self.oversample, rng):
+            image, label = self._patch(rng, force_foreground=force)
             if self.cutmix_probability and rng.random() < self.cutmix_probability:
                 other_image, other_label = self._patch(rng, force_foreground=True)
                 image, label, _ = cutmix(image, label[None], other_image, other_label[None], rng)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from monai.losses import DiceCELoss, DiceLoss, FocalLoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceLoss, FocalLoss
 from torch import nn
 
 from meddet.errors import MeddetInputError
@@ -124,3 +124,31 @@ def build_loss(name: str, **kw: Any) -> nn.Module:
             f"Unknown loss '{name}'.", hint=f"Choose one of: {', '.join(available_losses())}."
         ) from None
     return factory(**kw)
+
+
+class DeepSupervisedLoss(nn.Module):
+    """``loss`` on a deep-supervised network's stacked outputs (B, 1 + heads, C, D, H, W), or on plain logits.
+
+    Head ``i`` (0 = full resolution) is weighted 1/2**i and the weights sum to 1, as in nnU-Net, so the loss
+    keeps the scale of the plain one and the full-resolution output dominates. The unet family upsamples its
+    heads to full size, so every head is compared with the label as stored. Plain (B, C, D, H, W) logits, e.g.
+    from a model in eval mode or without heads, get ``loss`` unchanged.
+    """
+
+    def __init__(self, loss: nn.Module, heads: int) -> None:
+        super().__init__()
+        weights = [0.5**i for i in range(heads + 1)]
+        self.loss = loss
+        self.supervised = DeepSupervisionLoss(loss, weights=[w / sum(weights) for w in weights])
+
+    def forward(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if outputs.dim() == target.dim():
+            return self.loss(outputs, target)
+        return self.supervised(list(torch.unbind(outputs, dim=1)), target)
+
+
+def build_training_loss(plan: dict[str, Any]) -> nn.Module:
+    """The plan's loss, wrapped for the model's deep-supervision heads when it has any."""
+    loss = build_loss(plan["loss"]["name"])
+    heads = int(plan["model"].get("deep_supervision", 0))
+    return DeepSupervisedLoss(loss, heads) if heads > 0 else loss

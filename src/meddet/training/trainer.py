@@ -34,7 +34,7 @@ from meddet.precision import autocast, resolve_precision
 from meddet.training.cache import build_cache, cache_dir_for, load_cached
 from meddet.training.curves import plot_training_curve
 from meddet.training.data import IterationBatches
-from meddet.training.losses import build_loss
+from meddet.training.losses import build_training_loss
 from meddet.volume import Volume
 
 CHECKPOINT_LAST = "checkpoint_last.pt"
@@ -198,7 +198,7 @@ def train(
 
     model = build_model_from_plan(plan).to(ctx.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
-    loss_fn = build_loss(plan["loss"]["name"])
+    loss_fn = build_training_loss(plan)
     precision = resolve_precision(cfg.get("precision", "fp32"), ctx.device)
     start, best = 0, -1.0
     last = out / CHECKPOINT_LAST
