@@ -23,7 +23,7 @@ from meddet.planning.dataset import load_dataset
 from meddet.planning.planner import load_plan
 from meddet.precision import resolve_precision
 from meddet.preprocess.prepare import prepare_case
-from meddet.training.augment import sample_patch
+from meddet.training.augment import forced_foreground, sample_patch
 from meddet.training.cache import build_cache, cache_dir_for, load_cached
 from meddet.training.data import IterationBatches
 from meddet.training.losses import build_training_loss
@@ -32,10 +32,10 @@ from meddet.training.trainer import training_step
 
 def naive_batch(cases, plan, rng) -> dict[str, torch.Tensor]:
     images, labels = [], []
-    for _ in range(plan["batch_size"]):
+    for force in forced_foreground(plan["batch_size"], plan["training"]["oversample_foreground"], rng):
         case = cases[int(rng.integers(len(cases)))]
         prepared = prepare_case([read_volume(p) for p in case.images], plan, read_volume(case.label))
-        image, label = sample_patch(prepared.image, prepared.label, tuple(plan["patch_size"]), rng, force_foreground=bool(rng.random() < 0.33))
+        image, label = sample_patch(prepared.image, prepared.label, tuple(plan["patch_size"]), rng, force_foreground=force)
         images.append(torch.as_tensor(np.asarray(image)))
         labels.append(torch.as_tensor(np.asarray(label, dtype=np.int64))[None])
     return {"image": torch.stack(images), "label": torch.stack(labels)}
