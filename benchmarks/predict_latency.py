@@ -7,7 +7,8 @@ series ``--series`` (e.g. a ~250-slice held-out phantom), then, in this one proc
   * meddet: DICOM folder → all outputs (lesions.json, mask, SEG, overlay), `repeats` times: median and stage breakdown;
   * baseline: MONAI `sliding_window_inference` with its defaults (sw_batch_size 1, overlap 0.25, constant blending)
     over the whole resampled, normalised scan (no lung crop), the same patch size.
-Prints medians, the ratio baseline ÷ meddet for the network part, and the peak resident memory.
+Prints medians, the ratio baseline ÷ meddet for the network part, and the peak resident memory. The process keeps
+freed memory (``meddet.runtime``) as the CLI does.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from meddet.inference.predictor import load_model
 from meddet.io import read_volume
 from meddet.phantom import generate_dataset
 from meddet.preprocess.prepare import prepare_case
+from meddet.runtime import keep_freed_memory
 
 
 def main() -> None:
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=31337)
     parser.add_argument("--series", type=Path, default=None, help="time this DICOM series instead of a generated one")
     args = parser.parse_args()
+    keep_freed_memory()  # as the `meddet` CLI does; both the baseline and meddet run under it
     model = load_model(resolve_model(args.model))
     with tempfile.TemporaryDirectory() as tmp:
         if args.series is None:

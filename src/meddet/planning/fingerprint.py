@@ -24,7 +24,7 @@ import scipy.ndimage as ndi
 from meddet.io import read_volume
 from meddet.planning.dataset import DatasetIndex
 
-FOREGROUND_SAMPLES_PER_CASE = 10_000  # as nnU-Net: enough for percentiles, small enough to keep
+SAMPLES_PER_MASK = 10_000  # per case, from the lesions and from their context each: enough for percentiles
 CONTEXT_MM = 5.0  # the tissue a lesion is told apart from: a few voxels at any CT spacing
 
 
@@ -80,7 +80,7 @@ def context_shell(foreground: np.ndarray, spacing_xyz: tuple[float, ...], margin
 
 def _sample(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     index = np.flatnonzero(mask)
-    return rng.choice(index, FOREGROUND_SAMPLES_PER_CASE, replace=False) if index.size > FOREGROUND_SAMPLES_PER_CASE else index
+    return rng.choice(index, SAMPLES_PER_MASK, replace=False) if index.size > SAMPLES_PER_MASK else index
 
 
 def compute_fingerprint(dataset: DatasetIndex, seed: int = 0) -> Fingerprint:
