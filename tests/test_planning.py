@@ -70,6 +70,15 @@ def test_swin_unetr_patch_is_rounded_to_its_divisor():
     assert "deep_supervision" not in plan["model"]  # only the unet family has heads
 
 
+def test_topology_models_keep_the_planned_patch_and_only_unet_gets_heads():
+    fp = _fingerprint([(1.0, 1.0, 1.0)] * 3, [(100, 150, 150)] * 3)
+    unet = make_plan(fp, Budget(2.0, 3.0, "cpu"))
+    for name in ("hybrid", "unet_late_fusion"):
+        plan = make_plan(fp, Budget(2.0, 3.0, "cpu"), {"model": name})
+        assert plan["patch_size"] == unet["patch_size"] and plan["model"]["strides"] == unet["model"]["strides"]
+        assert "rounded" not in plan["decisions"]["patch_size"] and "deep_supervision" not in plan["model"]
+
+
 def test_msd_layout_with_channels_and_unlabelled(tmp_path):
     (tmp_path / "imagesTr").mkdir()
     (tmp_path / "labelsTr").mkdir()

@@ -4,7 +4,8 @@ Why ``DynUNet`` rather than MONAI ``UNet(num_res_units=2)``: ``UNet`` downsample
 its only full-resolution layer is the output convolution, which has ``out_channels`` features. A 4 mm lung
 nodule is 4-6 voxels across at typical spacing; features computed at full resolution are what separate it from
 a vessel seen end-on. ``DynUNet`` keeps a full-resolution stage (two 3x3x3 convs at ``channels[0]`` width), takes
-per-axis strides and kernel sizes for anisotropic patches, and has nnU-Net's deep-supervision heads built in. The price is compute: about 10x the FLOPs of ``UNet`` at the same widths (nnU-Net pays the same).
+per-axis strides and kernel sizes for anisotropic patches, and has nnU-Net's deep-supervision heads built in. The
+price is compute: about 10x the FLOPs of ``UNet`` at the same widths (nnU-Net pays the same).
 ``channels``/``strides`` mean the same here as in the late-fusion and hybrid variants, so they compare directly.
 
 Instance norm because batches are 2-4 patches, where batch-norm statistics are noise.

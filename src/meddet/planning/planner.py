@@ -23,7 +23,7 @@ import torch
 from meddet.networks.registry import build_model, count_gflops, required_divisor, resolve_arch
 from meddet.networks.topology import default_topology, total_stride
 from meddet.networks.unet import deep_supervision_heads
-from meddet.planning.fingerprint import Fingerprint
+from meddet.planning.fingerprint import CONTEXT_MM, Fingerprint
 from meddet.precision import choose_precision
 
 ANISOTROPY_RATIO = 3.0  # nnU-Net: an axis this much coarser than the finest is "strongly anisotropic"
@@ -160,7 +160,7 @@ def make_plan(
             normalization.append({"channel": name, "scheme": "zscore"})
     decisions["normalization"] = (
         "CT channels: HU are physical, so clip to the 0.5–99.5 percentiles over the whole dataset and z-score with "
-        "their mean/std (nnU-Net), sampled from the lesions and the 5 mm around them in equal parts (nnU-Net samples "
+        f"their mean/std (nnU-Net), sampled from the lesions and the {CONTEXT_MM:g} mm around them in equal parts (nnU-Net samples "
         "lesions only, which flattens the lung around a ground-glass nodule to its faintest voxel); other channels: "
         "z-score each image on its own"
     )
@@ -210,6 +210,10 @@ def make_plan(
     model: dict[str, Any] = {"name": model_name}
     if model_name in TOPOLOGY_MODELS:
         model.update(channels=network["channels"], strides=network["strides"])
+    else:  # e.g. swin_unetr: its own architecture; the patch must meet its divisor
+        div = required_divisor(model_name, resolve_arch(model_name, network["patch_size"]))
+        network["patch_size"] = [max(2 * d, _round_to(p, d)) for p, d in zip(network["patch_size"], div)]
+        decisions["patch_size"] += f"; rounded to multiples of {list(div)} for {model_name}"
     if model_name == "unet":
         model["deep_supervision"] = deep_supervision_heads(network["strides"])
         decisions["deep_supervision"] = (
@@ -217,10 +221,6 @@ def make_plan(
             "halving per level (nnU-Net): the deep levels learn from the label directly, which shortens the early "
             "phase where the model predicts no lesion at all; prediction uses the full-resolution output only"
         )
-    else:  # e.g. swin_unetr: its own architecture; the patch must meet its divisor
-        div = required_divisor(model_name, resolve_arch(model_name, network["patch_size"]))
-        network["patch_size"] = [max(2 * d, _round_to(p, d)) for p, d in zip(network["patch_size"], div)]
-        decisions["patch_size"] += f"; rounded to multiples of {list(div)} for {model_name}"
     loss = overrides.get("loss", "dice_ce")
     decisions["loss"] = "set by the user" if "loss" in overrides else (
         "Dice + cross-entropy (nnU-Net): Dice fights the extreme class imbalance of small lesions, CE keeps gradients "
@@ -242,7 +242,8 @@ def make_plan(
     )
     decisions["training"] = (
         "AdamW with poly decay converges in the short runs a CPU affords (nnU-Net's SGD needs ~10⁵ steps); the last "
-        "third of each batch (with a batch of 2: one patch) is centred on a lesion so small nodules are seen; 20% of cases held out for validation"
+        "third of each batch (with a batch of 2: one patch) is centred on a lesion so small nodules are seen; 20% of "
+        "cases held out for validation"
     )
     return {
         "version": 1,
