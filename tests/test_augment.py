@@ -12,8 +12,8 @@ from meddet.training.augment import (
     RandGammad,
     build_augmentation,
     cutmix,
-    foreground_voxels,
     forced_foreground,
+    lesion_voxels,
     sample_patch,
     spatial_transforms,
 )
@@ -168,9 +168,43 @@ def test_patch_unpacks_and_keeps_a_channel_free_label_layout() -> None:
     assert image_patch.shape == (1, 16, 16, 16) and label_patch.shape == (16, 16, 16) and label_patch.sum() == 1
 
 
-def test_precomputed_foreground_is_used() -> None:
+def test_precomputed_lesions_are_used() -> None:
     image, label = _tiny_lesion_case()
-    elsewhere = np.array([[5, 40, 5]])  # deliberately not the labelled voxel: proves the argument is used
-    patch = sample_patch(image, label, (16, 16, 16), np.random.default_rng(0), True, foreground=elsewhere)
+    elsewhere = [np.array([[5, 40, 5]])]  # deliberately not the labelled voxel: proves the argument is used
+    patch = sample_patch(image, label, (16, 16, 16), np.random.default_rng(0), True, lesions=elsewhere)
     z, y, x = patch.start
     assert z <= 5 < z + 16 and y <= 40 < y + 16 and x <= 5 < x + 16
+
+
+def _ball(shape: tuple[int, int, int], centre: tuple[int, int, int], radius: float) -> np.ndarray:
+    grid = np.mgrid[tuple(slice(0, s) for s in shape)]
+    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+
+
+def test_lesion_voxels_separates_lesions_and_classes() -> None:
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[_ball(label.shape, (10, 10, 10), 6)] = 1  # 925 voxels
+    label[_ball(label.shape, (30, 30, 30), 1)] = 1  # 7 voxels
+    label[2, 38, 2] = 2  # another class, one voxel
+    lesions = lesion_voxels(label, max_points=100)
+    sizes = sorted(len(v) for v in lesions)
+    assert sizes == [1, 7, 93]  # the big ball strided down to at most 100 (every 10th of 925)
+    big = max(lesions, key=len)
+    assert np.all(label[tuple(big.T)] == 1) and np.abs(big.mean(0) - 10).max() < 1.5  # spread over the whole ball
+    assert lesion_voxels(np.zeros((5, 5, 5), np.uint8)) == []
+
+
+def test_forced_patches_visit_small_and_large_lesions_alike() -> None:
+    """A 3-voxel-radius nodule beside a 12-voxel one (64x the volume) is still centred in about half the patches."""
+    shape = (64, 64, 64)
+    label = np.zeros(shape, np.uint8)
+    label[_ball(shape, (20, 20, 20), 12)] = 1
+    label[_ball(shape, (52, 52, 52), 3)] = 1
+    image = np.zeros((1, *shape), np.float32)
+    rng = np.random.default_rng(0)
+    lesions = lesion_voxels(label)
+    hits_small = 0
+    for _ in range(400):
+        patch = sample_patch(image, label, (16, 16, 16), rng, True, lesions=lesions)
+        hits_small += int(patch.start[0] > 32)  # the small one's patches start near z=44, the big one's below 30
+    assert 0.4 < hits_small / 400 < 0.6

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from math import radians
 from typing import Any
 
+import cc3d
 import numpy as np
 import torch
 from monai.transforms import (
@@ -188,10 +189,32 @@ class Patch:
         return iter((self.image, self.label))
 
 
-def foreground_voxels(label: np.ndarray) -> np.ndarray:
-    """(N, 3) [z, y, x] lesion voxels of a (1, D, H, W) or (D, H, W) label; compute once per case and reuse."""
+MAX_POINTS_PER_LESION = 2_000  # voxels kept per lesion: plenty to vary where a forced patch lands
+
+
+def lesion_voxels(label: np.ndarray, max_points: int = MAX_POINTS_PER_LESION) -> list[np.ndarray]:
+    """Each lesion's voxels as a (N, 3) [z, y, x] array (at most ``max_points``, evenly strided); compute once per case.
+
+    A lesion is a 26-connected component of one label value (cc3d's multi-label mode), so in a multi-class map each
+    class region is its own entry, like nnU-Net's "choose a class, then a voxel". Why per lesion: forced patches
+    choose a lesion first and a voxel in it second. Choosing a lesion voxel directly weights a lesion by its volume:
+    a 20 mm nodule would be centred 300 times as often as a 3 mm one in the same scan, and the small nodules a
+    screening model must find would be all but absent from training.
+    """
     label = np.asarray(label)
-    return np.argwhere((label[0] if label.ndim == 4 else label) > 0)
+    label = label[0] if label.ndim == 4 else label
+    if not label.flags.writeable:  # cc3d refuses read-only buffers such as a memory-mapped cache
+        label = np.array(label)
+    components, count = cc3d.connected_components(label, connectivity=26, return_N=True)
+    flat = np.flatnonzero(components)
+    if count == 0 or flat.size == 0:
+        return []
+    ids = components.ravel()[flat]
+    order = np.argsort(ids, kind="stable")
+    points = np.stack(np.unravel_index(flat[order], label.shape), axis=1).astype(np.int32)
+    bounds = np.cumsum(np.bincount(ids, minlength=int(count) + 1))[:-1]
+    groups = [g for g in np.split(points, bounds[1:]) if len(g)]
+    return [g[:: -(-len(g) // max_points)] for g in groups]
 
 
 def sample_patch(
@@ -200,16 +223,16 @@ def sample_patch(
     patch_size: Sequence[int],
     rng: np.random.Generator,
     force_foreground: bool,
-    foreground: np.ndarray | None = None,
+    lesions: Sequence[np.ndarray] | None = None,
 ) -> Patch:
     """Crop one (C, *patch_size) patch; with ``force_foreground`` it contains a lesion voxel (if the case has one).
 
-    Forced patches centre on a random lesion voxel, shifted by up to a quarter patch per axis so the lesion is not
+    Forced patches choose one of the case's lesions uniformly, then centre on a random voxel of it, shifted by up to a quarter patch per axis so the lesion is not
     always at the centre (the network would learn "lesions are in the middle"); the lesion voxel always stays
     inside. Unforced patches are uniform over the case. A case with no lesion gives an unforced patch.
 
-    ``label`` may be (1, D, H, W) or (D, H, W); the patch's label has the same layout. ``foreground`` takes
-    precomputed ``foreground_voxels`` (a subsample is fine) to avoid scanning the label on every call. Only the
+    ``label`` may be (1, D, H, W) or (D, H, W); the patch's label has the same layout. ``lesions`` takes
+    precomputed :func:`lesion_voxels` to avoid labelling the case's components on every call. Only the
     patch is read, so memory-mapped cases stay cheap. Axes shorter than the patch are padded symmetrically: image
     with each channel's minimum within the patch (outside the scan is air-like; zero in normalised units would be
     soft tissue), label with background.
@@ -221,12 +244,12 @@ def sample_patch(
     # the case padded (virtually) to at least the patch: voxel v of the case sits at v + offset
     offset = [max(p - s, 0) // 2 for p, s in zip(patch, spatial)]
     padded = [max(p, s) for p, s in zip(patch, spatial)]
-    coords = np.empty((0, 3), dtype=int)
-    if force_foreground:
-        coords = foreground_voxels(label) if foreground is None else np.asarray(foreground).reshape(-1, 3)
-    forced = len(coords) > 0
+    if force_foreground and lesions is None:
+        lesions = lesion_voxels(label)
+    forced = bool(force_foreground and lesions)
     if forced:
-        centre = coords[rng.integers(len(coords))] + offset
+        lesion = lesions[int(rng.integers(len(lesions)))]
+        centre = lesion[rng.integers(len(lesion))] + offset
         jitter = [int(rng.integers(-(p // 4), p // 4 + 1)) for p in patch]
         start = [int(np.clip(c - p // 2 + j, 0, s - p)) for c, p, j, s in zip(centre, patch, jitter, padded)]
     else:

@@ -18,9 +18,7 @@ import numpy as np
 from meddet.io import read_volume
 from meddet.planning.dataset import Case
 from meddet.preprocess.prepare import prepare_case
-
-MAX_FOREGROUND_POINTS = 20_000  # per case: enough to centre patches on every lesion
-
+from meddet.training.augment import lesion_voxels
 
 def preprocessing_id(plan: dict[str, Any]) -> str:
     """Short hash of everything that changes the cached arrays."""
@@ -39,10 +37,10 @@ class CachedCase:
     name: str
     image: np.ndarray
     label: np.ndarray
-    foreground: np.ndarray  # (N, 3) [z, y, x] voxel indices of lesion voxels (a sample)
+    lesions: list[np.ndarray]  # per lesion, (N, 3) [z, y, x] voxel indices (a sample): see ``lesion_voxels``
 
 
-def cache_case(case: Case, plan: dict[str, Any], folder: Path, seed: int = 0) -> None:
+def cache_case(case: Case, plan: dict[str, Any], folder: Path) -> None:
     """Preprocess one case into ``folder`` unless it is already there (written last-file-last, so a killed run
     leaves no half case that looks complete)."""
     done = folder / f"{case.name}.json"
@@ -55,10 +53,6 @@ def cache_case(case: Case, plan: dict[str, Any], folder: Path, seed: int = 0) ->
     np.save(folder / f"{case.name}_image.npy", prepared.image)
     label_array = prepared.label if prepared.label is not None else np.zeros(prepared.image.shape[1:], np.uint8)
     np.save(folder / f"{case.name}_label.npy", label_array)
-    points = np.argwhere(label_array > 0)
-    if len(points) > MAX_FOREGROUND_POINTS:
-        points = points[np.random.default_rng(seed).choice(len(points), MAX_FOREGROUND_POINTS, replace=False)]
-    np.save(folder / f"{case.name}_fg.npy", points.astype(np.int32))
     done.write_text(json.dumps({
         "case": case.name, "shape": list(prepared.image.shape), "spacing": list(prepared.grid.spacing),
         "crop_box": [[s.start, s.stop] for s in prepared.crop_box], "labelled": case.label is not None,
@@ -73,13 +67,11 @@ def build_cache(cases: list[Case], plan: dict[str, Any], folder: Path) -> Path:
 
 
 def load_cached(folder: Path, names: list[str]) -> list[CachedCase]:
-    """Memory-map the cached arrays of ``names``."""
-    return [
-        CachedCase(
-            name,
-            np.load(folder / f"{name}_image.npy", mmap_mode="r"),
-            np.load(folder / f"{name}_label.npy", mmap_mode="r"),
-            np.load(folder / f"{name}_fg.npy"),
-        )
-        for name in names
-    ]
+    """Memory-map the cached arrays of ``names`` and find each case's lesions (a connected-components pass over
+    the label, well under a second for a full-size CT; done here rather than cached, so the lesion sampling rule
+    can change without invalidating anyone's preprocessed data)."""
+    cases = []
+    for name in names:
+        label = np.load(folder / f"{name}_label.npy", mmap_mode="r")
+        cases.append(CachedCase(name, np.load(folder / f"{name}_image.npy", mmap_mode="r"), label, lesion_voxels(label)))
+    return cases

@@ -52,7 +52,7 @@ class IterationBatches(torch.utils.data.Dataset):
         case = self.cases[int(rng.integers(len(self.cases)))]
         image, label = sample_patch(
             case.image, case.label, self.patch_size, rng,
-            force_foreground=force_foreground and len(case.foreground) > 0, foreground=case.foreground,
+            force_foreground=force_foreground, lesions=case.lesions,
         )
         return np.asarray(image, dtype=np.float32), np.asarray(label, dtype=np.uint8)
 
