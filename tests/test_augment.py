@@ -12,6 +12,7 @@ from meddet.training.augment import (
     RandGammad,
     build_augmentation,
     cutmix,
+    LesionVoxels,
     forced_foreground,
     lesion_voxels,
     sample_patch,
@@ -170,7 +171,7 @@ def test_patch_unpacks_and_keeps_a_channel_free_label_layout() -> None:
 
 def test_precomputed_lesions_are_used() -> None:
     image, label = _tiny_lesion_case()
-    elsewhere = [np.array([[5, 40, 5]])]  # deliberately not the labelled voxel: proves the argument is used
+    elsewhere = LesionVoxels([np.array([[5, 40, 5]])], np.array([1]))  # not the labelled voxel: proves it is used
     patch = sample_patch(image, label, (16, 16, 16), np.random.default_rng(0), True, lesions=elsewhere)
     z, y, x = patch.start
     assert z <= 5 < z + 16 and y <= 40 < y + 16 and x <= 5 < x + 16
@@ -187,24 +188,29 @@ def test_lesion_voxels_separates_lesions_and_classes() -> None:
     label[_ball(label.shape, (30, 30, 30), 1)] = 1  # 7 voxels
     label[2, 38, 2] = 2  # another class, one voxel
     lesions = lesion_voxels(label, max_points=100)
-    sizes = sorted(len(v) for v in lesions)
-    assert sizes == [1, 7, 93]  # the big ball strided down to at most 100 (every 10th of 925)
-    big = max(lesions, key=len)
+    assert sorted(len(v) for v in lesions.points) == [1, 7, 93]  # the big ball strided to at most 100 (every 10th of 925)
+    assert sorted(lesions.sizes) == [1, 7, 925]  # full sizes kept for the voxel rule
+    big = max(lesions.points, key=len)
     assert np.all(label[tuple(big.T)] == 1) and np.abs(big.mean(0) - 10).max() < 1.5  # spread over the whole ball
-    assert lesion_voxels(np.zeros((5, 5, 5), np.uint8)) == []
+    assert len(lesion_voxels(np.zeros((5, 5, 5), np.uint8))) == 0
 
 
-def test_forced_patches_visit_small_and_large_lesions_alike() -> None:
-    """A 3-voxel-radius nodule beside a 12-voxel one (64x the volume) is still centred in about half the patches."""
+def test_patch_centre_rule_decides_how_often_a_small_lesion_is_seen() -> None:
+    """A 3-voxel-radius nodule beside a 12-voxel one (64x the volume): "lesion" centres on it about half the time,
+    "voxel" (nnU-Net) about once in 65."""
     shape = (64, 64, 64)
     label = np.zeros(shape, np.uint8)
     label[_ball(shape, (20, 20, 20), 12)] = 1
     label[_ball(shape, (52, 52, 52), 3)] = 1
     image = np.zeros((1, *shape), np.float32)
-    rng = np.random.default_rng(0)
     lesions = lesion_voxels(label)
-    hits_small = 0
-    for _ in range(400):
-        patch = sample_patch(image, label, (16, 16, 16), rng, True, lesions=lesions)
-        hits_small += int(patch.start[0] > 32)  # the small one's patches start near z=44, the big one's below 30
-    assert 0.4 < hits_small / 400 < 0.6
+    share = {}
+    for centre in ("lesion", "voxel"):
+        rng = np.random.default_rng(0)
+        # the small one's patches start near z=44, the big one's below 30
+        share[centre] = np.mean([sample_patch(image, label, (16, 16, 16), rng, True, lesions, centre).start[0] > 32 for _ in range(1000)])
+    expected_voxel_share = lesions.sizes.min() / lesions.sizes.sum()
+    assert 0.45 < share["lesion"] < 0.55
+    assert abs(share["voxel"] - expected_voxel_share) < 0.012 and share["voxel"] < 0.03
+    with pytest.raises(ValueError, match="patch centre"):
+        lesions.pick(np.random.default_rng(0), "middle")

@@ -12,3 +12,22 @@ def test_choose_setting_prefers_the_highest_threshold_within_the_tolerance():
             _g(0.8, 0.0, 0.490 - 2 * CPM_TOLERANCE)]
     assert choose_setting(grid) == grid[1]  # 0.8 is clearly worse; of the 0.6 pair the smaller minimum volume
     assert choose_setting([_g(0.3, 0.0, 0.7), _g(0.5, 0.0, 0.5)]) == _g(0.3, 0.0, 0.7)
+
+
+def test_export_model_calibrates_on_validation_cases_and_loads_back(tmp_path):
+    """A tiny run exported end to end: the stored post-processing is one of the searched settings and loads back."""
+    from test_training import _plan
+
+    from meddet.inference.export import MIN_VOLUMES_MM3, THRESHOLDS, export_model
+    from meddet.inference.predictor import load_model
+    from meddet.training.trainer import CHECKPOINT_LAST, train
+
+    train(_plan(tmp_path), tmp_path / "run", num_workers=0, show_progress=False)
+    exported = export_model(tmp_path / "run" / CHECKPOINT_LAST, tmp_path / "model.pt", "tiny", "0.0.1")
+    calibration = exported["provenance"]["calibration"]
+    assert len(calibration["grid"]) == len(THRESHOLDS) * len(MIN_VOLUMES_MM3)
+    assert calibration["validation_cases"] and "optimizer" not in exported
+    best = calibration["best"]
+    assert best in calibration["grid"] and best["cpm"] >= max(g["cpm"] for g in calibration["grid"]) - CPM_TOLERANCE
+    assert exported["postprocessing"] == {k: best[k] for k in ("threshold", "min_volume_mm3")}
+    assert load_model(tmp_path / "model.pt").postprocessing == exported["postprocessing"]

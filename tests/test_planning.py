@@ -63,6 +63,15 @@ def test_plan_records_reasons_normalisation_and_overrides():
     assert all(isinstance(v, str) and v for v in plan["decisions"].values())
 
 
+def test_patch_centre_defaults_to_nnunets_voxel_rule_and_can_be_set():
+    fp = _fingerprint([(0.8, 0.8, 2.0)] * 3, [(100, 256, 256)] * 3)
+    assert make_plan(fp, Budget(2.0, 2.0, "cpu"))["training"]["patch_centre"] == "voxel"
+    plan = make_plan(fp, Budget(2.0, 2.0, "cpu"), {"patch_centre": "lesion"})
+    assert plan["training"]["patch_centre"] == "lesion" and plan["decisions"]["patch_centre"] == "set by the user"
+    with pytest.raises(ValueError, match="patch centre"):
+        make_plan(fp, Budget(2.0, 2.0, "cpu"), {"patch_centre": "middle"})
+
+
 def test_swin_unetr_patch_is_rounded_to_its_divisor():
     fp = _fingerprint([(1.0, 1.0, 1.0)] * 3, [(100, 150, 150)] * 3)
     plan = make_plan(fp, Budget(2.0, 3.0, "cpu"), {"model": "swin_unetr"})

@@ -94,14 +94,19 @@ def plan(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the batch size."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed."),
     precision: Optional[str] = typer.Option(None, "--precision", help="Override the compute precision: bf16 or fp32."),
+    patch_centre: Optional[str] = typer.Option(
+        None, "--patch-centre", help="Where forced training patches centre: voxel (any lesion voxel, nnU-Net) or lesion (each lesion equally often)."),
 ) -> None:
     """Fingerprint a dataset and derive a training plan (nnU-Net style), each decision with its reason."""
     from meddet.planning.dataset import load_dataset
     from meddet.planning.fingerprint import compute_fingerprint
     from meddet.planning.planner import default_budget, make_plan, save_plan
     from meddet.precision import parse_precision
+    from meddet.training.augment import PATCH_CENTRES
 
     parse_precision(precision)  # before the fingerprint: bad input fails at once
+    if patch_centre is not None and patch_centre not in PATCH_CENTRES:
+        raise typer.BadParameter(f"choose one of {', '.join(PATCH_CENTRES)}", param_hint="--patch-centre")
 
     def triple(text: Optional[str], cast):
         return None if text is None else [cast(v) for v in text.split(",")]
@@ -112,7 +117,7 @@ def plan(
     fingerprint.save(root / "fingerprint.json")
     overrides = {
         "model": model, "loss": loss, "patch_size": triple(patch_size, int), "target_spacing": triple(target_spacing, float),
-        "iterations": iterations, "batch_size": batch_size, "seed": seed, "precision": precision,
+        "iterations": iterations, "batch_size": batch_size, "seed": seed, "precision": precision, "patch_centre": patch_centre,
     }
     result = make_plan(fingerprint, default_budget(gpu_memory, step_seconds), overrides, index.labels)
     path = save_plan(result, out or root / "plan.json")

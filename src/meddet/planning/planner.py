@@ -25,6 +25,7 @@ from meddet.networks.topology import default_topology, total_stride
 from meddet.networks.unet import deep_supervision_heads
 from meddet.planning.fingerprint import CONTEXT_MM, Fingerprint
 from meddet.precision import choose_precision
+from meddet.training.augment import PATCH_CENTRES
 
 ANISOTROPY_RATIO = 3.0  # nnU-Net: an axis this much coarser than the finest is "strongly anisotropic"
 # Conservative fwd+bwd throughput of 3D convs on 2 AVX-512 cores per precision (docs/training.md); bf16 measured 2-2.7x.
@@ -227,13 +228,16 @@ def make_plan(
         "smooth on patches without a lesion"
     )
     iterations = int(overrides.get("iterations", 2000 if not gpu else 50_000))
+    patch_centre = overrides.get("patch_centre", "voxel")
+    if patch_centre not in PATCH_CENTRES:
+        raise ValueError(f"patch centre must be one of {PATCH_CENTRES}, got {patch_centre!r}")
     training = {
         "iterations": iterations,
         "validate_every": int(overrides.get("validate_every", max(50, iterations // 20))),
         "optimizer": "adamw", "learning_rate": float(overrides.get("learning_rate", 2e-3)), "weight_decay": 1e-5,
         "schedule": "poly", "oversample_foreground": 0.33, "seed": int(overrides.get("seed", 0)),
         "validation_fraction": 0.2, "augmentation_probability": 0.2, "cutmix_probability": 0.0,
-        "precision": budget.precision,
+        "patch_centre": patch_centre, "precision": budget.precision,
     }
     cpu_precision, cpu_reason = choose_precision("cpu")
     decisions["precision"] = "set by the user" if "precision" in overrides else (
@@ -244,6 +248,10 @@ def make_plan(
         "AdamW with poly decay converges in the short runs a CPU affords (nnU-Net's SGD needs ~10⁵ steps); the last "
         "third of each batch (with a batch of 2: one patch) is centred on a lesion so small nodules are seen; 20% of "
         "cases held out for validation"
+    )
+    decisions["patch_centre"] = "set by the user" if "patch_centre" in overrides else (
+        "voxel: every lesion voxel equally likely as a forced patch's centre (nnU-Net); `--patch-centre lesion` shows "
+        "small lesions as often as large ones (more found, slower Dice)"
     )
     return {
         "version": 1,

@@ -190,16 +190,45 @@ class Patch:
 
 
 MAX_POINTS_PER_LESION = 2_000  # voxels kept per lesion: plenty to vary where a forced patch lands
+PATCH_CENTRES = ("voxel", "lesion")  # how a forced patch picks its lesion voxel (see LesionVoxels.pick)
 
 
-def lesion_voxels(label: np.ndarray, max_points: int = MAX_POINTS_PER_LESION) -> list[np.ndarray]:
-    """Each lesion's voxels as a (N, 3) [z, y, x] array (at most ``max_points``, evenly strided); compute once per case.
+@dataclass(frozen=True)
+class LesionVoxels:
+    """A case's lesions: each one's voxels as a (N, 3) [z, y, x] array (an evenly strided sample of at most
+    ``MAX_POINTS_PER_LESION``) and its full size in voxels."""
+
+    points: list[np.ndarray]
+    sizes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def pick(self, rng: np.random.Generator, centre: str = "voxel") -> np.ndarray:
+        """One lesion voxel to centre a patch on.
+
+        ``"voxel"``: every lesion voxel is equally likely (nnU-Net's rule; a lesion is chosen in proportion to its
+        size), which is what the voxel-pooled Dice rewards. ``"lesion"``: every lesion is equally likely, then a voxel
+        in it. Why offer both: the first centres a 20 mm nodule 300 times as often as a 3 mm one in the same scan, so
+        small nodules, the ones a screening detector must find, are all but absent from training; the second shows
+        them as often as the large ones (measured in docs/models/lung-nodule.md: more nodules found, the Dice over
+        the large ones rises more slowly).
+        """
+        if centre not in PATCH_CENTRES:
+            raise ValueError(f"patch centre must be one of {PATCH_CENTRES}, got {centre!r}")
+        if centre == "lesion":
+            index = int(rng.integers(len(self.points)))
+        else:
+            index = int(rng.choice(len(self.points), p=self.sizes / self.sizes.sum()))
+        lesion = self.points[index]
+        return lesion[rng.integers(len(lesion))]
+
+
+def lesion_voxels(label: np.ndarray, max_points: int = MAX_POINTS_PER_LESION) -> LesionVoxels:
+    """The lesions of a (1, D, H, W) or (D, H, W) label; compute once per case and reuse.
 
     A lesion is a 26-connected component of one label value (cc3d's multi-label mode), so in a multi-class map each
-    class region is its own entry, like nnU-Net's "choose a class, then a voxel". Why per lesion: forced patches
-    choose a lesion first and a voxel in it second. Choosing a lesion voxel directly weights a lesion by its volume:
-    a 20 mm nodule would be centred 300 times as often as a 3 mm one in the same scan, and the small nodules a
-    screening model must find would be all but absent from training.
+    class region is its own entry, like nnU-Net's "choose a class, then a voxel".
     """
     label = np.asarray(label)
     label = label[0] if label.ndim == 4 else label
@@ -208,13 +237,15 @@ def lesion_voxels(label: np.ndarray, max_points: int = MAX_POINTS_PER_LESION) ->
     components, count = cc3d.connected_components(label, connectivity=26, return_N=True)
     flat = np.flatnonzero(components)
     if count == 0 or flat.size == 0:
-        return []
+        return LesionVoxels([], np.zeros(0, np.int64))
     ids = components.ravel()[flat]
     order = np.argsort(ids, kind="stable")
     points = np.stack(np.unravel_index(flat[order], label.shape), axis=1).astype(np.int32)
-    bounds = np.cumsum(np.bincount(ids, minlength=int(count) + 1))[:-1]
-    groups = [g for g in np.split(points, bounds[1:]) if len(g)]
-    return [g[:: -(-len(g) // max_points)] for g in groups]
+    counts = np.bincount(ids, minlength=int(count) + 1)
+    groups = np.split(points, np.cumsum(counts)[:-1][1:])
+    present = counts[1:] > 0
+    sampled = [g[:: -(-len(g) // max_points)] for g, keep in zip(groups, present) if keep]
+    return LesionVoxels(sampled, counts[1:][present].astype(np.int64))
 
 
 def sample_patch(
@@ -223,13 +254,14 @@ def sample_patch(
     patch_size: Sequence[int],
     rng: np.random.Generator,
     force_foreground: bool,
-    lesions: Sequence[np.ndarray] | None = None,
+    lesions: LesionVoxels | None = None,
+    centre: str = "voxel",
 ) -> Patch:
     """Crop one (C, *patch_size) patch; with ``force_foreground`` it contains a lesion voxel (if the case has one).
 
-    Forced patches choose one of the case's lesions uniformly, then centre on a random voxel of it, shifted by up to a quarter patch per axis so the lesion is not
-    always at the centre (the network would learn "lesions are in the middle"); the lesion voxel always stays
-    inside. Unforced patches are uniform over the case. A case with no lesion gives an unforced patch.
+    Forced patches centre on a lesion voxel picked by ``centre`` (:meth:`LesionVoxels.pick`), shifted by up to a
+    quarter patch per axis so the lesion is not always at the centre (the network would learn "lesions are in the
+    middle"); the lesion voxel always stays inside. Unforced patches are uniform over the case. A case with no lesion gives an unforced patch.
 
     ``label`` may be (1, D, H, W) or (D, H, W); the patch's label has the same layout. ``lesions`` takes
     precomputed :func:`lesion_voxels` to avoid labelling the case's components on every call. Only the
@@ -248,10 +280,9 @@ def sample_patch(
         lesions = lesion_voxels(label)
     forced = bool(force_foreground and lesions)
     if forced:
-        lesion = lesions[int(rng.integers(len(lesions)))]
-        centre = lesion[rng.integers(len(lesion))] + offset
+        middle = lesions.pick(rng, centre) + offset
         jitter = [int(rng.integers(-(p // 4), p // 4 + 1)) for p in patch]
-        start = [int(np.clip(c - p // 2 + j, 0, s - p)) for c, p, j, s in zip(centre, patch, jitter, padded)]
+        start = [int(np.clip(c - p // 2 + j, 0, s - p)) for c, p, j, s in zip(middle, patch, jitter, padded)]
     else:
         start = [int(rng.integers(0, s - p + 1)) for s, p in zip(padded, patch)]
     origin = tuple(st - o for st, o in zip(start, offset))

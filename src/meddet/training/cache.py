@@ -18,7 +18,7 @@ import numpy as np
 from meddet.io import read_volume
 from meddet.planning.dataset import Case
 from meddet.preprocess.prepare import prepare_case
-from meddet.training.augment import lesion_voxels
+from meddet.training.augment import LesionVoxels, lesion_voxels
 
 def preprocessing_id(plan: dict[str, Any]) -> str:
     """Short hash of everything that changes the cached arrays."""
@@ -37,7 +37,7 @@ class CachedCase:
     name: str
     image: np.ndarray
     label: np.ndarray
-    lesions: list[np.ndarray]  # per lesion, (N, 3) [z, y, x] voxel indices (a sample): see ``lesion_voxels``
+    lesions: LesionVoxels  # where forced patches may centre
 
 
 def cache_case(case: Case, plan: dict[str, Any], folder: Path) -> None:

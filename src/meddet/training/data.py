@@ -29,6 +29,7 @@ class IterationBatches(torch.utils.data.Dataset):
         oversample_foreground: float = 0.33,
         augmentation_probability: float = 0.2,
         cutmix_probability: float = 0.0,
+        patch_centre: str = "voxel",
         length: int = 10**9,
     ) -> None:
         if not cases:
@@ -40,6 +41,7 @@ class IterationBatches(torch.utils.data.Dataset):
         self.rank = rank
         self.oversample = oversample_foreground
         self.cutmix_probability = cutmix_probability
+        self.patch_centre = patch_centre
         self.augment: Callable[[dict[str, Any]], dict[str, Any]] | None = (
             build_augmentation(prob=augmentation_probability, seed=seed) if augmentation_probability > 0 else None
         )
@@ -52,7 +54,7 @@ class IterationBatches(torch.utils.data.Dataset):
         case = self.cases[int(rng.integers(len(self.cases)))]
         image, label = sample_patch(
             case.image, case.label, self.patch_size, rng,
-            force_foreground=force_foreground, lesions=case.lesions,
+            force_foreground=force_foreground, lesions=case.lesions, centre=self.patch_centre,
         )
         return np.asarray(image, dtype=np.float32), np.asarray(label, dtype=np.uint8)
 

@@ -193,6 +193,7 @@ def train(
     batches = IterationBatches(
         load_cached(cache, [c.name for c in shard]), tuple(plan["patch_size"]), int(plan["batch_size"]), seed, ctx.rank,
         cfg["oversample_foreground"], cfg["augmentation_probability"], cfg.get("cutmix_probability", 0.0),
+        cfg.get("patch_centre", "voxel"),
     )
     validation = load_cached(cache, [c.name for c in val_cases]) if ctx.is_main else []
 
