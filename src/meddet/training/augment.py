@@ -235,17 +235,15 @@ def lesion_voxels(label: np.ndarray, max_points: int = MAX_POINTS_PER_LESION) ->
     if not label.flags.writeable:  # cc3d refuses read-only buffers such as a memory-mapped cache
         label = np.array(label)
     components, count = cc3d.connected_components(label, connectivity=26, return_N=True)
-    flat = np.flatnonzero(components)
-    if count == 0 or flat.size == 0:
+    if count == 0:
         return LesionVoxels([], np.zeros(0, np.int64))
+    flat = np.flatnonzero(components)
     ids = components.ravel()[flat]
     order = np.argsort(ids, kind="stable")
     points = np.stack(np.unravel_index(flat[order], label.shape), axis=1).astype(np.int32)
-    counts = np.bincount(ids, minlength=int(count) + 1)
-    groups = np.split(points, np.cumsum(counts)[:-1][1:])
-    present = counts[1:] > 0
-    sampled = [g[:: -(-len(g) // max_points)] for g, keep in zip(groups, present) if keep]
-    return LesionVoxels(sampled, counts[1:][present].astype(np.int64))
+    sizes = np.bincount(ids, minlength=int(count) + 1)[1:].astype(np.int64)  # cc3d numbers components 1..count
+    groups = np.split(points, np.cumsum(sizes)[:-1])
+    return LesionVoxels([g[:: -(-len(g) // max_points)] for g in groups], sizes)
 
 
 def sample_patch(
@@ -261,7 +259,8 @@ def sample_patch(
 
     Forced patches centre on a lesion voxel picked by ``centre`` (:meth:`LesionVoxels.pick`), shifted by up to a
     quarter patch per axis so the lesion is not always at the centre (the network would learn "lesions are in the
-    middle"); the lesion voxel always stays inside. Unforced patches are uniform over the case. A case with no lesion gives an unforced patch.
+    middle"); the lesion voxel always stays inside. Unforced patches are uniform over the case. A case with no
+    lesion gives an unforced patch.
 
     ``label`` may be (1, D, H, W) or (D, H, W); the patch's label has the same layout. ``lesions`` takes
     precomputed :func:`lesion_voxels` to avoid labelling the case's components on every call. Only the

@@ -20,6 +20,7 @@ from meddet.planning.dataset import Case
 from meddet.preprocess.prepare import prepare_case
 from meddet.training.augment import LesionVoxels, lesion_voxels
 
+
 def preprocessing_id(plan: dict[str, Any]) -> str:
     """Short hash of everything that changes the cached arrays."""
     keys = {k: plan[k] for k in ("channel_names", "target_spacing", "crop", "normalization")}
@@ -73,5 +74,6 @@ def load_cached(folder: Path, names: list[str]) -> list[CachedCase]:
     cases = []
     for name in names:
         label = np.load(folder / f"{name}_label.npy", mmap_mode="r")
-        cases.append(CachedCase(name, np.load(folder / f"{name}_image.npy", mmap_mode="r"), label, lesion_voxels(label)))
+        image = np.load(folder / f"{name}_image.npy", mmap_mode="r")
+        cases.append(CachedCase(name, image, label, lesion_voxels(label)))
     return cases
