@@ -102,11 +102,14 @@ def plan(
     from meddet.planning.fingerprint import compute_fingerprint
     from meddet.planning.planner import default_budget, make_plan, save_plan
     from meddet.precision import parse_precision
-    from meddet.training.augment import PATCH_CENTRES
+    from meddet.training.augment import check_patch_centre
 
     parse_precision(precision)  # before the fingerprint: bad input fails at once
-    if patch_centre is not None and patch_centre not in PATCH_CENTRES:
-        raise typer.BadParameter(f"choose one of {', '.join(PATCH_CENTRES)}", param_hint="--patch-centre")
+    if patch_centre is not None:  # before the fingerprint: bad input fails at once, as a usage error
+        try:
+            check_patch_centre(patch_centre)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--patch-centre") from None
 
     def triple(text: Optional[str], cast):
         return None if text is None else [cast(v) for v in text.split(",")]

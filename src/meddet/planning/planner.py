@@ -25,7 +25,7 @@ from meddet.networks.topology import default_topology, total_stride
 from meddet.networks.unet import deep_supervision_heads
 from meddet.planning.fingerprint import CONTEXT_MM, Fingerprint
 from meddet.precision import choose_precision
-from meddet.training.augment import PATCH_CENTRES
+from meddet.training.augment import DEFAULT_PATCH_CENTRE, check_patch_centre
 
 ANISOTROPY_RATIO = 3.0  # nnU-Net: an axis this much coarser than the finest is "strongly anisotropic"
 # Conservative fwd+bwd throughput of 3D convs on 2 AVX-512 cores per precision (docs/training.md); bf16 measured 2-2.7x.
@@ -228,9 +228,7 @@ def make_plan(
         "smooth on patches without a lesion"
     )
     iterations = int(overrides.get("iterations", 2000 if not gpu else 50_000))
-    patch_centre = overrides.get("patch_centre", "voxel")
-    if patch_centre not in PATCH_CENTRES:
-        raise ValueError(f"patch centre must be one of {PATCH_CENTRES}, got {patch_centre!r}")
+    patch_centre = check_patch_centre(overrides.get("patch_centre", DEFAULT_PATCH_CENTRE))
     training = {
         "iterations": iterations,
         "validate_every": int(overrides.get("validate_every", max(50, iterations // 20))),

@@ -191,6 +191,14 @@ class Patch:
 
 MAX_POINTS_PER_LESION = 2_000  # voxels kept per lesion: plenty to vary where a forced patch lands
 PATCH_CENTRES = ("voxel", "lesion")  # how a forced patch picks its lesion voxel (see LesionVoxels.pick)
+DEFAULT_PATCH_CENTRE = "voxel"  # nnU-Net's rule; also what plans written before the setting existed mean
+
+
+def check_patch_centre(centre: str) -> str:
+    """``centre`` if it is one of ``PATCH_CENTRES``; the one place that rejects anything else."""
+    if centre not in PATCH_CENTRES:
+        raise ValueError(f"patch centre must be one of {PATCH_CENTRES}, got {centre!r}")
+    return centre
 
 
 @dataclass(frozen=True)
@@ -204,7 +212,7 @@ class LesionVoxels:
     def __len__(self) -> int:
         return len(self.points)
 
-    def pick(self, rng: np.random.Generator, centre: str = "voxel") -> np.ndarray:
+    def pick(self, rng: np.random.Generator, centre: str = DEFAULT_PATCH_CENTRE) -> np.ndarray:
         """One lesion voxel to centre a patch on.
 
         ``"voxel"``: every lesion voxel is equally likely (nnU-Net's rule; a lesion is chosen in proportion to its
@@ -214,9 +222,7 @@ class LesionVoxels:
         them as often as the large ones (measured in docs/models/lung-nodule.md: more nodules found, the Dice over
         the large ones rises more slowly).
         """
-        if centre not in PATCH_CENTRES:
-            raise ValueError(f"patch centre must be one of {PATCH_CENTRES}, got {centre!r}")
-        if centre == "lesion":
+        if check_patch_centre(centre) == "lesion":
             index = int(rng.integers(len(self.points)))
         else:
             index = int(rng.choice(len(self.points), p=self.sizes / self.sizes.sum()))
@@ -253,7 +259,7 @@ def sample_patch(
     rng: np.random.Generator,
     force_foreground: bool,
     lesions: LesionVoxels | None = None,
-    centre: str = "voxel",
+    centre: str = DEFAULT_PATCH_CENTRE,
 ) -> Patch:
     """Crop one (C, *patch_size) patch; with ``force_foreground`` it contains a lesion voxel (if the case has one).
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from meddet.training.augment import build_augmentation, cutmix, forced_foreground, sample_patch
+from meddet.training.augment import DEFAULT_PATCH_CENTRE, build_augmentation, cutmix, forced_foreground, sample_patch
 from meddet.training.cache import CachedCase
 
 
@@ -29,7 +29,7 @@ class IterationBatches(torch.utils.data.Dataset):
         oversample_foreground: float = 0.33,
         augmentation_probability: float = 0.2,
         cutmix_probability: float = 0.0,
-        patch_centre: str = "voxel",
+        patch_centre: str = DEFAULT_PATCH_CENTRE,
         length: int = 10**9,
     ) -> None:
         if not cases:

@@ -31,6 +31,7 @@ from meddet.networks.registry import build_model_from_plan
 from meddet.planning.dataset import Case, load_dataset
 from meddet.planning.planner import load_plan
 from meddet.precision import autocast, resolve_precision
+from meddet.training.augment import DEFAULT_PATCH_CENTRE
 from meddet.training.cache import build_cache, cache_dir_for, load_cached
 from meddet.training.curves import plot_training_curve
 from meddet.training.data import IterationBatches
@@ -193,7 +194,7 @@ def train(
     batches = IterationBatches(
         load_cached(cache, [c.name for c in shard]), tuple(plan["patch_size"]), int(plan["batch_size"]), seed, ctx.rank,
         cfg["oversample_foreground"], cfg["augmentation_probability"], cfg.get("cutmix_probability", 0.0),
-        cfg.get("patch_centre", "voxel"),
+        cfg.get("patch_centre", DEFAULT_PATCH_CENTRE),
     )
     validation = load_cached(cache, [c.name for c in val_cases]) if ctx.is_main else []
 
