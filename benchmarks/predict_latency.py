@@ -4,7 +4,8 @@ Usage:  python benchmarks/predict_latency.py [--model PATH] [--repeats 3] [--see
 
 Generates one full-size (512×512) phantom as a DICOM series (a seed never used in training), or takes the DICOM
 series ``--series`` (e.g. a ~250-slice held-out phantom), then, in this one process and with the same weights:
-  * meddet: DICOM folder → all outputs (lesions.json, mask, SEG, overlay), `repeats` times: median and stage breakdown;
+  * meddet: DICOM folder → all outputs (lesions.json, mask, SEG, overlay), `repeats` times: median and stage breakdown,
+    with the model's own test-time mirroring (the bundled model: 2 passes) and, for comparison, one pass (--no-tta);
   * baseline: MONAI `sliding_window_inference` with its defaults (sw_batch_size 1, overlap 0.25, constant blending)
     over the whole resampled, normalised scan (no lung crop), the same patch size.
 Prints medians, the ratio baseline ÷ meddet for the network part, and the peak resident memory. The process keeps
@@ -48,6 +49,7 @@ def main() -> None:
         else:
             series = args.series
         runs = [predict_scan(model, series, Path(tmp) / f"out{i}")["timing_s"] for i in range(args.repeats)]
+        single = [predict_scan(model, series, Path(tmp) / f"one{i}", "none")["timing_s"] for i in range(args.repeats)]
         volume = read_volume(series)
         plan = dict(model.plan, crop="none")
         whole = torch.from_numpy(prepare_case([volume], plan).image)[None]
@@ -59,12 +61,15 @@ def main() -> None:
                 baseline.append(time.perf_counter() - start)
     print(f"scan: {volume.shape[::-1]} voxels (x, y, z), spacing {tuple(round(s, 3) for s in volume.spacing)} mm; "
           f"{torch.get_num_threads()} threads; {args.repeats} repeats; meddet precision {model.precision}")
+    print(f"meddet with the model's mirroring ({model.mirroring}):")
     for stage in runs[0]:
         print(f"  meddet {stage:<12} median {statistics.median(r[stage] for r in runs):7.2f} s")
-    ours = statistics.median(r["inference"] for r in runs)
+    print(f"  one pass (--no-tta): inference median {statistics.median(r['inference'] for r in single):.2f} s, "
+          f"total {statistics.median(r['total'] for r in single):.2f} s")
     base = statistics.median(baseline)
-    print(f"  MONAI plain sliding window (whole scan, sw_batch 1, overlap 0.25): median {base:.2f} s")
-    print(f"ratio (MONAI plain ÷ meddet inference): {base / ours:.2f}×")
+    print(f"  MONAI plain sliding window (whole scan, one pass, sw_batch 1, overlap 0.25): median {base:.2f} s")
+    for label, timings in ((f"mirroring {model.mirroring}", runs), ("one pass", single)):
+        print(f"ratio (MONAI plain ÷ meddet inference, {label}): {base / statistics.median(r['inference'] for r in timings):.2f}×")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

@@ -23,11 +23,13 @@ def test_export_model_calibrates_on_validation_cases_and_loads_back(tmp_path):
     from meddet.training.trainer import CHECKPOINT_LAST, train
 
     train(_plan(tmp_path), tmp_path / "run", num_workers=0, show_progress=False)
-    exported = export_model(tmp_path / "run" / CHECKPOINT_LAST, tmp_path / "model.pt", "tiny", "0.0.1")
+    exported = export_model(tmp_path / "run" / CHECKPOINT_LAST, tmp_path / "model.pt", "tiny", "0.0.1", mirroring="x")
     calibration = exported["provenance"]["calibration"]
     assert len(calibration["grid"]) == len(THRESHOLDS) * len(MIN_VOLUMES_MM3)
     assert calibration["validation_cases"] and "optimizer" not in exported
     best = calibration["best"]
     assert best in calibration["grid"] and best["cpm"] >= max(g["cpm"] for g in calibration["grid"]) - CPM_TOLERANCE
     assert exported["postprocessing"] == {k: best[k] for k in ("threshold", "min_volume_mm3")}
-    assert load_model(tmp_path / "model.pt").postprocessing == exported["postprocessing"]
+    assert calibration["mirroring"] == "x"  # the threshold is calibrated with the mirroring the model will run with
+    loaded = load_model(tmp_path / "model.pt")
+    assert loaded.postprocessing == exported["postprocessing"] and loaded.mirroring == "x"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from meddet.inference.pipeline import find_cases
-from meddet.inference.predictor import load_model, predict_probability
+from meddet.inference.predictor import MIRRORINGS, lesion_probability, load_model, predict_probability
 from meddet.io import read_volume
 from meddet.phantom import generate_dataset
 from meddet.planning.dataset import load_dataset
@@ -43,6 +43,7 @@ def _check_schema(result: dict) -> None:
     assert TIMING_KEYS <= set(result["timing_s"])
     assert all(v >= 0 for v in result["timing_s"].values())
     assert result["timing_s"]["total"] >= result["timing_s"]["inference"]
+    assert result["model"]["mirroring"] in MIRRORINGS and result["model"]["tta"] == (result["model"]["mirroring"] != "none")
     scores = [lesion["score"] for lesion in result["lesions"]]
     assert scores == sorted(scores, reverse=True)
     for lesion in result["lesions"]:
@@ -54,11 +55,12 @@ def test_predict_dicom_writes_every_output(phantom_and_model, tmp_path):
     data, checkpoint = phantom_and_model
     case = data / "dicom" / "phantom_0000"
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "meddet", "predict", str(case), "-o", str(out), "--model", str(checkpoint), "--threads", "2"],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "meddet", "predict", str(case), "-o", str(out), "--model", str(checkpoint), "--threads", "2",
+                             "--tta"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lesions = json.loads((out / "lesions.json").read_text())
     _check_schema(lesions)
+    assert lesions["model"]["mirroring"] == "xyz"
     source = read_volume(case)
     mask = read_volume(out / "mask.nii.gz")
     assert mask.same_geometry(source, atol=1e-3)
@@ -79,6 +81,35 @@ def test_probability_is_on_the_input_grid_and_zero_outside_lungs(phantom_and_mod
     assert 0.0 <= probability.array.min() and probability.array.max() <= 1.0
     assert probability.array[:, :3, :3].max() == 0.0  # image corner: air outside the lung box
     assert set(timings) == {"preprocess", "inference", "resample"}
+
+
+def test_mirroring_x_makes_the_probability_left_right_symmetric(phantom_and_model):
+    """Averaging a scan with its left-right mirror: mirroring the input mirrors the output (a single pass does not).
+
+    The x size (144 = 96 + 48) tiles into two windows that mirror onto each other, so only the network differs."""
+    _, checkpoint = phantom_and_model
+    model = load_model(checkpoint, "fp32")
+    image = np.random.default_rng(0).normal(size=(1, 32, 96, 144)).astype(np.float32)
+    mirrored = np.ascontiguousarray(image[..., ::-1])
+    for mirroring, symmetric in (("x", True), ("none", False)):
+        p = lesion_probability(model, image, mirroring)
+        q = lesion_probability(model, mirrored, mirroring)[..., ::-1]
+        assert np.allclose(p, q, atol=1e-4) == symmetric, mirroring
+    with pytest.raises(ValueError, match="Unknown mirroring"):
+        lesion_probability(model, image, "zx")
+
+
+def test_model_mirroring_is_the_default_and_a_bad_one_is_refused(phantom_and_model, tmp_path):
+    _, checkpoint = phantom_and_model
+    assert load_model(checkpoint).mirroring == "none"  # a `meddet train` checkpoint
+    state = torch.load(checkpoint, weights_only=False)
+    for mirroring in ("x", "upside-down"):
+        state["inference"] = {"mirroring": mirroring}
+        torch.save(state, tmp_path / f"{mirroring}.pt")
+    assert load_model(tmp_path / "x.pt").mirroring == "x"
+    result = subprocess.run([sys.executable, "-m", "meddet", "predict", str(tmp_path), "-o", str(tmp_path / "o"), "--model",
+                             str(tmp_path / "upside-down.pt")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown test-time mirroring" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_folder_of_cases_writes_one_folder_each(phantom_and_model, tmp_path):

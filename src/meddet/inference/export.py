@@ -3,6 +3,8 @@
 Why a separate step: the probability threshold and the smallest lesion kept decide the clinic-facing trade-off
 between sensitivity and false positives, so they are chosen on the run's *validation* cases (never the training
 cases), by the detection metric that matters (CPM, LUNA16 rule), and stored in the model with the evidence.
+The test-time mirroring is part of that calibration (averaging mirrored passes lowers and smooths probabilities), so
+the model file records the mirroring its threshold was chosen with and `meddet predict` uses it by default.
 The optimizer state is dropped: it is two thirds of a checkpoint and useless for prediction.
 """
 
@@ -17,7 +19,7 @@ import torch
 
 from meddet.detection.lesions import extract_lesions, lesions_from_label_map
 from meddet.evaluation.froc import froc
-from meddet.inference.predictor import load_model, predict_probability
+from meddet.inference.predictor import check_mirroring, load_model, predict_probability
 from meddet.io import read_volume
 from meddet.planning.dataset import load_dataset
 from meddet.training.trainer import split_cases
@@ -42,8 +44,9 @@ def choose_setting(grid: list[dict[str, Any]]) -> dict[str, Any]:
     return max((g for g in grid if g["cpm"] >= top - CPM_TOLERANCE), key=lambda g: (g["threshold"], -g["min_volume_mm3"]))
 
 
-def calibrate(checkpoint: Path, max_cases: int | None = None) -> dict[str, Any]:
-    """Grid-search threshold × minimum volume on the run's validation split; returns the best and the grid."""
+def calibrate(checkpoint: Path, max_cases: int | None = None, mirroring: str = "none") -> dict[str, Any]:
+    """Grid-search threshold × minimum volume on the run's validation split (predicted with ``mirroring``);
+    returns the best and the grid."""
     model = load_model(checkpoint)
     plan = model.plan
     dataset = load_dataset(plan["dataset"])
@@ -51,7 +54,7 @@ def calibrate(checkpoint: Path, max_cases: int | None = None) -> dict[str, Any]:
     val_cases = val_cases[:max_cases] if max_cases else val_cases
     probabilities, truths = [], []
     for case in val_cases:
-        probability, _ = predict_probability(model, [read_volume(p) for p in case.images])
+        probability, _ = predict_probability(model, [read_volume(p) for p in case.images], mirroring)
         probabilities.append(probability)
         truths.append(_truth(case.name, case.label, dataset.root))
     grid = []
@@ -62,14 +65,18 @@ def calibrate(checkpoint: Path, max_cases: int | None = None) -> dict[str, Any]:
             grid.append({"threshold": threshold, "min_volume_mm3": min_volume, "cpm": scores["cpm"],
                          "sensitivity_at_1fp": scores["sensitivity"][3]})
     best = choose_setting(grid)
-    return {"best": best, "grid": grid, "validation_cases": [c.name for c in val_cases]}
+    return {"best": best, "grid": grid, "validation_cases": [c.name for c in val_cases], "mirroring": mirroring}
 
 
-def export_model(checkpoint: str | Path, out: str | Path, name: str, version: str | None = None, max_cases: int | None = None) -> dict[str, Any]:
-    """Write ``out``: weights + plan + calibrated post-processing + provenance."""
+def export_model(
+    checkpoint: str | Path, out: str | Path, name: str, version: str | None = None, max_cases: int | None = None,
+    mirroring: str = "none",
+) -> dict[str, Any]:
+    """Write ``out``: weights + plan + test-time mirroring + post-processing calibrated with it + provenance."""
     checkpoint, out = Path(checkpoint), Path(out)
+    check_mirroring(mirroring)
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    calibration = calibrate(checkpoint, max_cases)
+    calibration = calibrate(checkpoint, max_cases, mirroring)
     best = calibration["best"]
     exported = {
         "meddet_checkpoint": 1,
@@ -77,6 +84,7 @@ def export_model(checkpoint: str | Path, out: str | Path, name: str, version: st
         "version": version or _dt.date.today().isoformat(),
         "model": state["model"],
         "plan": state["plan"],
+        "inference": {"mirroring": mirroring},
         "postprocessing": {"threshold": best["threshold"], "min_volume_mm3": best["min_volume_mm3"]},
         "provenance": {"source_checkpoint": checkpoint.name, "iteration": state["iteration"],
                        "best_val_dice": state["best_metric"], "calibration": calibration},

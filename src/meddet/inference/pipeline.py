@@ -19,7 +19,7 @@ from meddet.io import read_volume, write_volume
 from meddet.io.itk_formats import has_itk_suffix
 from meddet.volume import Volume
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1 added model.mirroring
 
 
 def find_cases(path: Path) -> list[tuple[str, Path]] | None:
@@ -48,8 +48,11 @@ def _is_dicom(volume: Volume) -> bool:
     return bool(volume.metadata.get("sop_instance_uids"))
 
 
-def predict_scan(model: LoadedModel, source: Path, out: Path, tta: bool = False, series_uid: str | None = None) -> dict[str, Any]:
-    """Predict one scan into ``out``; returns the lesions.json content."""
+def predict_scan(
+    model: LoadedModel, source: Path, out: Path, mirroring: str | None = None, series_uid: str | None = None
+) -> dict[str, Any]:
+    """Predict one scan into ``out``; returns the lesions.json content. ``mirroring`` defaults to the model's."""
+    mirroring = mirroring or model.mirroring
     timing: dict[str, float] = {}
     start = time.perf_counter()
     volume = read_volume(source, series_uid=series_uid)
@@ -59,7 +62,7 @@ def predict_scan(model: LoadedModel, source: Path, out: Path, tta: bool = False,
             f"({', '.join(model.plan['channel_names'])}); `meddet predict` takes single-channel models.",
         )
     timing["load"] = time.perf_counter() - start
-    probability, stages = predict_probability(model, [volume], tta=tta)
+    probability, stages = predict_probability(model, [volume], mirroring)
     timing["preprocess"] = stages["preprocess"]
     timing["inference"] = stages["inference"] + stages["resample"]
     start = time.perf_counter()
@@ -94,7 +97,8 @@ def predict_scan(model: LoadedModel, source: Path, out: Path, tta: bool = False,
             "origin": list(volume.origin), "direction": volume.direction.round(6).tolist(),
             "series_uid": volume.metadata.get("series_uid"), "warnings": volume.warnings,
         },
-        "model": {"name": model.name, "version": model.version, **model.postprocessing, "tta": tta, "precision": model.precision},
+        "model": {"name": model.name, "version": model.version, **model.postprocessing, "tta": mirroring != "none",
+                  "mirroring": mirroring, "precision": model.precision},
         "outputs": outputs,
         "timing_s": {k: round(v, 3) for k, v in timing.items()},
     }
@@ -102,15 +106,17 @@ def predict_scan(model: LoadedModel, source: Path, out: Path, tta: bool = False,
     return result
 
 
-def predict_path(model: LoadedModel, source: Path, out: Path, tta: bool = False, series_uid: str | None = None) -> list[dict[str, Any]]:
+def predict_path(
+    model: LoadedModel, source: Path, out: Path, mirroring: str | None = None, series_uid: str | None = None
+) -> list[dict[str, Any]]:
     """One scan → ``out/``; a folder of scans → ``out/<case>/``. A bad case in a batch is reported, not fatal."""
     cases = find_cases(source)
     if cases is None:
-        return [predict_scan(model, source, out, tta, series_uid)]
+        return [predict_scan(model, source, out, mirroring, series_uid)]
     results = []
     for name, path in cases:
         try:
-            results.append(predict_scan(model, path, out / name, tta))
+            results.append(predict_scan(model, path, out / name, mirroring))
         except MeddetInputError as exc:
             (out / name).mkdir(parents=True, exist_ok=True)
             (out / name / "error.txt").write_text(str(exc) + "\n")

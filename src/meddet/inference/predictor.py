@@ -7,10 +7,17 @@ MONAI's sliding window with Gaussian blending stitches patches without seams; th
 Memory: only the lesion probability (one float32 channel, 1 − p(background)) leaves the sliding window, the logits
 of all classes never exist at full resolution (nnU-Net issues #1572/#1869 are users hitting exactly that), and the
 probability outside the lung box is never computed.
+
+Mirroring: the probability can be averaged over mirrored copies of the scan (nnU-Net's test-time mirroring; the
+network was trained with mirroring on every axis, so each copy is in distribution). Averaging damps the confident
+single-view mistakes that make false positives. A model file names the mirroring its threshold was calibrated
+with (``MIRRORINGS``): the bundled lung-nodule model uses ``"z"``, the scan and its head-foot mirror (two passes),
+which on 40 fresh phantoms gave most of the gain of all eight mirrorings at a quarter of their time.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,23 @@ from meddet.preprocess.resample import resample_like
 from meddet.volume import Volume
 
 DEFAULT_POSTPROCESSING = {"threshold": 0.5, "min_volume_mm3": 10.0}
+# A mirroring names the array axes whose mirror images are averaged with the scan: "z" = the scan and its head-foot
+# mirror (2 passes), "xyz" = all 8 combinations (nnU-Net's test-time mirroring), "none" = one pass.
+_AXIS_DIMS = {"x": 4, "y": 3, "z": 2}  # dimensions of the (batch, channel, z, y, x) input
+MIRRORINGS: tuple[str, ...] = ("none", "x", "y", "z", "xy", "xz", "yz", "xyz")
+
+
+def check_mirroring(mirroring: str) -> str:
+    """``mirroring`` if it is one of ``MIRRORINGS``; a ValueError naming the choices otherwise."""
+    if mirroring not in MIRRORINGS:
+        raise ValueError(f"Unknown mirroring '{mirroring}'; choose one of {', '.join(MIRRORINGS)}.")
+    return mirroring
+
+
+def mirror_flips(mirroring: str) -> list[tuple[int, ...]]:
+    """The flip dimensions of every mirrored copy ``mirroring`` averages, the unmirrored scan (``()``) first."""
+    dims = [_AXIS_DIMS[a] for a in check_mirroring(mirroring) if mirroring != "none"]
+    return [tuple(sorted(combo)) for k in range(len(dims) + 1) for combo in itertools.combinations(dims, k)]
 
 
 @dataclass
@@ -40,6 +64,7 @@ class LoadedModel:
     version: str
     postprocessing: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_POSTPROCESSING))
     precision: str = "fp32"  # what the convolutions run in here (meddet.precision)
+    mirroring: str = "none"  # the test-time mirroring the threshold was calibrated with (MIRRORINGS)
 
 
 def load_model(path: str | Path, precision: str | None = None) -> LoadedModel:
@@ -57,6 +82,9 @@ def load_model(path: str | Path, precision: str | None = None) -> LoadedModel:
         raise MeddetInputError("This file is not a meddet model checkpoint.", path) from exc
     if not isinstance(state, dict) or "plan" not in state or "model" not in state:
         raise MeddetInputError("This file is not a meddet model checkpoint (no plan or weights in it).", path)
+    mirroring = str(state.get("inference", {}).get("mirroring", "none"))  # `meddet train` checkpoints have none
+    if mirroring not in MIRRORINGS:
+        raise MeddetInputError(f"This model file names an unknown test-time mirroring '{mirroring}'.", path)
     plan = state["plan"]
     network = build_model_from_plan(plan)
     network.load_state_dict(state["model"])
@@ -65,18 +93,15 @@ def load_model(path: str | Path, precision: str | None = None) -> LoadedModel:
         network, plan, str(state.get("name", path.stem)), str(state.get("version", "unversioned")),
         {**DEFAULT_POSTPROCESSING, **state.get("postprocessing", {})},
         resolve_precision(precision or plan.get("training", {}).get("precision", "fp32"), "cpu"),
+        mirroring,
     )
 
 
-def _flips(tta: bool) -> list[tuple[int, ...]]:
-    """Mirror axes for test-time augmentation (nnU-Net's 8 mirrorings; none without TTA)."""
-    if not tta:
-        return [()]
-    return [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
-
-
-def lesion_probability(model: LoadedModel, image: np.ndarray, tta: bool = False, sw_batch_size: int = 2, overlap: float = 0.25) -> np.ndarray:
-    """Sliding-window lesion probability (z, y, x) float32 for prepared input ``image`` (C, z, y, x)."""
+def lesion_probability(
+    model: LoadedModel, image: np.ndarray, mirroring: str = "none", sw_batch_size: int = 2, overlap: float = 0.25
+) -> np.ndarray:
+    """Sliding-window lesion probability (z, y, x) float32 for prepared input ``image`` (C, z, y, x), averaged over
+    the mirrored copies that ``mirroring`` names."""
     patch = tuple(model.plan["patch_size"])
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
     # pad small inputs up to one patch: the sliding window would otherwise shrink the window, off the trained size
@@ -90,7 +115,7 @@ def lesion_probability(model: LoadedModel, image: np.ndarray, tta: bool = False,
         return 1.0 - torch.softmax(logits.float(), dim=1)[:, :1]
 
     total = None
-    flips = _flips(tta)
+    flips = mirror_flips(mirroring)
     with torch.inference_mode():
         for axes in flips:
             inp = torch.flip(x, axes) if axes else x
@@ -104,15 +129,17 @@ def lesion_probability(model: LoadedModel, image: np.ndarray, tta: bool = False,
     return out.numpy().astype(np.float32)
 
 
-def predict_probability(model: LoadedModel, channels: list[Volume], tta: bool = False) -> tuple[Volume, dict[str, float]]:
-    """Lesion probability on the grid of ``channels[0]`` (zero outside the lung box), with stage timings."""
+def predict_probability(model: LoadedModel, channels: list[Volume], mirroring: str | None = None) -> tuple[Volume, dict[str, float]]:
+    """Lesion probability on the grid of ``channels[0]`` (zero outside the lung box), with stage timings.
+
+    ``mirroring`` defaults to the model's own (the one its threshold was calibrated with)."""
     import time
 
     start = time.perf_counter()
     prepared = prepare_case(channels, model.plan)
     prepared_s = time.perf_counter() - start
     start = time.perf_counter()
-    prob = lesion_probability(model, prepared.image, tta=tta)
+    prob = lesion_probability(model, prepared.image, mirroring or model.mirroring)
     inference_s = time.perf_counter() - start
     start = time.perf_counter()
     reference = channels[0]
