@@ -33,3 +33,13 @@ def test_export_model_calibrates_on_validation_cases_and_loads_back(tmp_path):
     assert calibration["mirroring"] == "x"  # the threshold is calibrated with the mirroring the model will run with
     loaded = load_model(tmp_path / "model.pt")
     assert loaded.postprocessing == exported["postprocessing"] and loaded.mirroring == "x"
+
+
+def test_export_model_refuses_an_unknown_mirroring(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "meddet", "export-model", str(tmp_path / "run.pt"), "--out", str(tmp_path / "m.pt"),
+                             "--mirroring", "zx"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Unknown mirroring 'zx'" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "m.pt").exists()

@@ -35,8 +35,9 @@ from meddet.preprocess.resample import resample_like
 from meddet.volume import Volume
 
 DEFAULT_POSTPROCESSING = {"threshold": 0.5, "min_volume_mm3": 10.0}
-# A mirroring names the array axes whose mirror images are averaged with the scan: "z" = the scan and its head-foot
-# mirror (2 passes), "xyz" = all 8 combinations (nnU-Net's test-time mirroring), "none" = one pass.
+# A mirroring names the array axes (x columns, y rows, z slices: left-right, front-back, head-foot in an axial scan)
+# whose mirror images are averaged with the scan: "z" = the scan and its slice-order mirror (2 passes), "xyz" = all 8
+# combinations (nnU-Net's test-time mirroring), "none" = one pass.
 _AXIS_DIMS = {"x": 4, "y": 3, "z": 2}  # dimensions of the (batch, channel, z, y, x) input
 MIRRORINGS: tuple[str, ...] = ("none", "x", "y", "z", "xy", "xz", "yz", "xyz")
 
@@ -50,7 +51,8 @@ def check_mirroring(mirroring: str) -> str:
 
 def mirror_flips(mirroring: str) -> list[tuple[int, ...]]:
     """The flip dimensions of every mirrored copy ``mirroring`` averages, the unmirrored scan (``()``) first."""
-    dims = [_AXIS_DIMS[a] for a in check_mirroring(mirroring) if mirroring != "none"]
+    axes = "" if check_mirroring(mirroring) == "none" else mirroring
+    dims = [_AXIS_DIMS[a] for a in axes]
     return [tuple(sorted(combo)) for k in range(len(dims) + 1) for combo in itertools.combinations(dims, k)]
 
 
