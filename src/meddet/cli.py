@@ -184,7 +184,7 @@ def predict(
     tta: Optional[bool] = typer.Option(
         None, "--tta/--no-tta",
         help="Test-time mirroring. Default: the model's own (lung-nodule: the scan and its head-foot mirror, 2 passes). "
-        "--tta: all 8 mirrorings (4x the default's time); --no-tta: one pass.",
+        "--tta: all 8 mirrorings (~3.5x the default's time); --no-tta: one pass.",
     ),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for inference (default: all cores)."),
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID when a DICOM folder holds several."),
