@@ -148,7 +148,8 @@ def _write_case(pred, truth, case, preds, nodules, pred_mask, truth_mask, timing
     write_volume(Volume(truth_mask), truth / "instances" / f"{case}.nii.gz")
     (pred / case).mkdir(parents=True)
     write_volume(Volume(pred_mask), pred / case / "mask.nii.gz")
-    result = {"lesions": preds, "timing_s": timing, "outputs": {"mask": "mask.nii.gz", "overlay": "overlay.png"}}
+    result = {"lesions": preds, "timing_s": timing, "outputs": {"mask": "mask.nii.gz", "overlay": "overlay.png"},
+              "model": {"name": "lung-nodule", "version": "9.9", "threshold": 0.2, "mirroring": "z"}}
     (pred / case / "lesions.json").write_text(json.dumps(result))
 
 
@@ -174,12 +175,21 @@ def test_evaluate_end_to_end_writes_report_and_cli_prints_table(tmp_path):
     page = (report / "report.html").read_text()
     assert "CPM" in page and 'src="froc.png"' in page and 'src="../pred/case0/overlay.png"' in page
     assert "case3" in page and "10-20 mm" in page and "perifissural" in page
+    assert metrics["models"] == [{"name": "lung-nodule", "version": "9.9", "threshold": 0.2, "mirroring": "z"}]
+    assert "lung-nodule 9.9 (threshold 0.2, mirroring z)" in page and "more than one model" not in page
 
     cli = subprocess.run([sys.executable, "-m", "meddet", "evaluate", "--pred", str(pred), "--truth", str(truth),
                           "--out", str(tmp_path / "cli")], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     assert "CPM" in cli.stdout and "0.729" in cli.stdout and "sensitivity at 0.125 FP/scan" in cli.stdout
+    assert "predicted by lung-nodule 9.9" in cli.stdout
     assert (tmp_path / "cli" / "report.html").is_file()
+
+    mixed = json.loads((pred / "case1" / "lesions.json").read_text())
+    mixed["model"]["mirroring"] = "none"  # one scan predicted with other settings: the report says so
+    (pred / "case1" / "lesions.json").write_text(json.dumps(mixed))
+    assert len(evaluate(pred, truth, tmp_path / "mixed", bootstrap=0)["models"]) == 2
+    assert "more than one model or setting" in (tmp_path / "mixed" / "report.html").read_text()
 
 
 def test_pairing_single_case_label_maps_only_and_failures(tmp_path):

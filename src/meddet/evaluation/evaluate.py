@@ -178,6 +178,7 @@ def evaluate(
     both_empty = 0
     paired: set[str] = set()
     overlays: list[tuple[str, Path]] = []
+    models: set[str] = set()  # the model settings behind the predictions (lesions.json "model")
     for prediction in predictions:
         case = next((name for name in prediction.names if name in truth_cases), None)
         if case is None or case in paired:
@@ -210,6 +211,8 @@ def evaluate(
             overlays.append((case, overlay))
         if result.get("timing_s"):
             timings.append(result["timing_s"])
+        if isinstance(result.get("model"), dict):
+            models.add(json.dumps(result["model"], sort_keys=True))
         per_case.append(row)
     if not pairs:
         raise _nothing_paired(predictions, truth_cases, pred_dir, truth_dir)
@@ -225,6 +228,7 @@ def evaluate(
         "operating_point": operating_point(pairs, operating_threshold),
         "segmentation": {**summarize(dices, distances), "both_empty_cases": both_empty},
         "latency_s": latency(timings),
+        "models": [json.loads(m) for m in sorted(models)],
         "per_case": per_case,
         "conventions": {
             "hit_rule": "LUNA16: predicted centre within the nodule radius (3 mm for nodules under 6 mm); "

@@ -163,6 +163,9 @@ def write_report(metrics: dict[str, Any], out: Path, overlays: Iterable[tuple[st
         warnings += f"<p class=warn>Ground truth without a prediction (not scored): {html.escape(names)}</p>"
     if froc["num_nodules"] == 0:
         warnings += "<p class=warn>The ground truth has no nodules: sensitivities and CPM are undefined.</p>"
+    models = "".join(f"<li>{html.escape(describe_model(m))}</li>" for m in metrics.get("models", []))
+    if len(metrics.get("models", [])) > 1:
+        warnings += "<p class=warn>The predictions come from more than one model or setting: the numbers mix them.</p>"
     group_caption = f"score ≥ {op['threshold']:g}" + ("" if op["threshold"] else " (all reported lesions)")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>meddet evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
@@ -172,6 +175,7 @@ img{{max-width:100%}}figure{{display:inline-block;width:48%;margin:0 1% 1em 0}}.
 <p>{metrics['cases']} scans, {froc['num_nodules']} nodules, {froc['num_predictions']} predicted lesions
 ({froc['ignored_hits']} duplicate hits ignored). Both lesion masks empty in {seg['both_empty_cases']} case(s):
 Dice 1, HD95 0 there.</p>{warnings}
+<p>Predicted by:</p><ul>{models or '<li>not recorded in lesions.json</li>'}</ul>
 <h2>Overall</h2>{_table(overall_rows(metrics))}
 <h2>FROC</h2><img src="froc.png" alt="FROC curve">
 <h2>Sensitivity by size, type and location</h2>{_table(_group_rows(op), group_caption)}
@@ -187,10 +191,18 @@ Dice 1, HD95 0 there.</p>{warnings}
     return path
 
 
+def describe_model(model: dict[str, Any]) -> str:
+    """One line naming a lesions.json ``model`` entry: which weights, with which threshold and mirroring."""
+    settings = [f"{k} {model[k]}" for k in ("threshold", "min_volume_mm3", "mirroring", "precision") if k in model]
+    return f"{model.get('name', '?')} {model.get('version', '?')}" + (f" ({', '.join(settings)})" if settings else "")
+
+
 def format_table(metrics: dict[str, Any]) -> Table:
     """The headline numbers as a rich Table, for ``meddet evaluate`` to print."""
     froc, op = metrics["froc"], metrics["operating_point"]
-    table = Table(title=f"meddet evaluation: {metrics['cases']} scans, {froc['num_nodules']} nodules")
+    models = "; ".join(describe_model(m) for m in metrics.get("models", []))
+    table = Table(title=f"meddet evaluation: {metrics['cases']} scans, {froc['num_nodules']} nodules",
+                  caption=f"predicted by {models}" if models else None)
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("95% CI / note", justify="right")
