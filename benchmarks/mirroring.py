@@ -24,11 +24,9 @@ import numpy as np
 from meddet.detection.lesions import extract_lesions
 from meddet.evaluation.froc import froc
 from meddet.inference.models import resolve_model
-from meddet.inference.predictor import MIRRORINGS, lesion_probability, load_model, mirror_flips
+from meddet.inference.predictor import MIRRORINGS, lesion_probability, load_model, mirror_flips, probability_on_scan
 from meddet.io import read_volume
-from meddet.preprocess.crop import crop_grid
 from meddet.preprocess.prepare import prepare_case
-from meddet.preprocess.resample import resample_like
 from meddet.runtime import keep_freed_memory
 
 
@@ -61,13 +59,10 @@ def main() -> None:
         start = time.perf_counter()
         passes = {flip: single_pass(model, prepared.image, flip) for flip in mirror_flips("xyz")}
         seconds.append((time.perf_counter() - start) / len(passes))
-        target = crop_grid(volume, prepared.crop_box)
         for mirroring in MIRRORINGS:
             flips = mirror_flips(mirroring)
             average = sum(passes[f] for f in flips) / len(flips)
-            full = np.zeros(volume.shape, np.float32)
-            full[prepared.crop_box] = np.clip(resample_like(prepared.grid.with_array(average), target).array, 0.0, 1.0)
-            lesions, _ = extract_lesions(volume.with_array(full), threshold, min_volume)
+            lesions, _ = extract_lesions(probability_on_scan(average, prepared, volume), threshold, min_volume)
             pairs[mirroring].append((lesions, truth))
         print(f"{case}: {len(truth)} nodule(s), {seconds[-1]:.1f} s per pass", flush=True)
     nodules = sum(len(t) for _, t in pairs["none"])

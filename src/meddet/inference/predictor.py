@@ -30,7 +30,7 @@ from meddet.errors import MeddetInputError
 from meddet.networks.registry import build_model_from_plan
 from meddet.precision import autocast, resolve_precision
 from meddet.preprocess.crop import crop_grid
-from meddet.preprocess.prepare import prepare_case
+from meddet.preprocess.prepare import PreparedCase, prepare_case
 from meddet.preprocess.resample import resample_like
 from meddet.volume import Volume
 
@@ -85,8 +85,10 @@ def load_model(path: str | Path, precision: str | None = None) -> LoadedModel:
     if not isinstance(state, dict) or "plan" not in state or "model" not in state:
         raise MeddetInputError("This file is not a meddet model checkpoint (no plan or weights in it).", path)
     mirroring = str(state.get("inference", {}).get("mirroring", "none"))  # `meddet train` checkpoints have none
-    if mirroring not in MIRRORINGS:
-        raise MeddetInputError(f"This model file names an unknown test-time mirroring '{mirroring}'.", path)
+    try:
+        check_mirroring(mirroring)
+    except ValueError as exc:
+        raise MeddetInputError(f"This model file names an unknown test-time mirroring '{mirroring}'.", path) from exc
     plan = state["plan"]
     network = build_model_from_plan(plan)
     network.load_state_dict(state["model"])
@@ -144,9 +146,15 @@ def predict_probability(model: LoadedModel, channels: list[Volume], mirroring: s
     prob = lesion_probability(model, prepared.image, mirroring or model.mirroring)
     inference_s = time.perf_counter() - start
     start = time.perf_counter()
-    reference = channels[0]
-    back = resample_like(prepared.grid.with_array(prob), crop_grid(reference, prepared.crop_box))
+    probability = probability_on_scan(prob, prepared, channels[0])
+    resample_s = time.perf_counter() - start
+    return probability, {"preprocess": prepared_s, "inference": inference_s, "resample": resample_s}
+
+
+def probability_on_scan(probability: np.ndarray, prepared: PreparedCase, reference: Volume) -> Volume:
+    """A probability on ``prepared``'s working grid put back on the scan ``reference``: resampled into the crop box,
+    clipped to [0, 1], zero outside it."""
+    back = resample_like(prepared.grid.with_array(probability), crop_grid(reference, prepared.crop_box))
     full = np.zeros(reference.shape, np.float32)
     full[prepared.crop_box] = np.clip(back.array, 0.0, 1.0)
-    resample_s = time.perf_counter() - start
-    return reference.with_array(full), {"preprocess": prepared_s, "inference": inference_s, "resample": resample_s}
+    return reference.with_array(full)
