@@ -9,6 +9,7 @@ from meddet.errors import MeddetInputError
 from meddet.planning.dataset import load_dataset
 from meddet.planning.fingerprint import Fingerprint, compute_fingerprint, context_shell
 from meddet.planning.planner import Budget, choose_target_spacing, make_plan
+from meddet.training.trainer import split_cases
 from tiny_dataset import make_tiny_dataset
 
 
@@ -102,6 +103,41 @@ def test_msd_layout_with_channels_and_unlabelled(tmp_path):
     assert [p.name for p in index.cases[0].images] == ["a_0000.nii.gz", "a_0001.nii.gz"]
     (tmp_path / "imagesTr" / "b_0001.nii.gz").unlink()
     with pytest.raises(MeddetInputError, match="lacks channel"):
+        load_dataset(tmp_path)
+
+
+def _empty_msd(root, names):
+    (root / "imagesTr").mkdir(exist_ok=True)
+    (root / "labelsTr").mkdir(exist_ok=True)
+    for case in names:
+        (root / "imagesTr" / f"{case}_0000.nii.gz").write_bytes(b"x")
+        (root / "labelsTr" / f"{case}.nii.gz").write_bytes(b"x")
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nii.gz"}))
+
+
+def test_splits_json_fixes_the_validation_cases_when_the_dataset_grows(tmp_path):
+    _empty_msd(tmp_path, [f"c{k:02d}" for k in range(10)])
+    random_val = [c.name for c in split_cases(load_dataset(tmp_path), 0.2, 0)[1]]
+    assert len(random_val) == 2 and load_dataset(tmp_path).validation is None
+    (tmp_path / "splits.json").write_text(json.dumps({"validation": random_val}))
+    _empty_msd(tmp_path, [f"c{k:02d}" for k in range(20)])  # ten cases appended
+    train, val = split_cases(load_dataset(tmp_path), 0.2, 0)
+    assert [c.name for c in val] == random_val
+    assert len(train) == 18 and not {c.name for c in train} & set(random_val)
+    (tmp_path / "splits.json").unlink()
+    assert [c.name for c in split_cases(load_dataset(tmp_path), 0.2, 0)[1]] != random_val  # what splits.json prevents
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"validation": ["c00", "nope"]}', "no labelled images for: nope"),
+    ('{"validation": []}', "non-empty list"),
+    ('["c00"]', "not a JSON object"),
+    ('{"validation": ["c00", "c01"]}', "every case"),
+])
+def test_bad_splits_json_is_a_clear_error(tmp_path, content, message):
+    _empty_msd(tmp_path, ["c00", "c01"])
+    (tmp_path / "splits.json").write_text(content)
+    with pytest.raises(MeddetInputError, match=message):
         load_dataset(tmp_path)
 
 

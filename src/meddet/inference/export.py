@@ -50,7 +50,7 @@ def calibrate(checkpoint: Path, max_cases: int | None = None, mirroring: str = "
     model = load_model(checkpoint)
     plan = model.plan
     dataset = load_dataset(plan["dataset"])
-    _, val_cases = split_cases(dataset.cases, plan["training"]["validation_fraction"], int(plan["training"]["seed"]))
+    _, val_cases = split_cases(dataset, plan["training"]["validation_fraction"], int(plan["training"]["seed"]))
     val_cases = val_cases[:max_cases] if max_cases else val_cases
     probabilities, truths = [], []
     for case in val_cases:

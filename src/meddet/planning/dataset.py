@@ -3,6 +3,10 @@
 Why both: the MSD layout (``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz``, ``dataset.json``) is what
 public datasets and the phantom generator use; a CSV of (image, label) pairs is what a hospital team has after an
 export, with DICOM folders instead of NIfTI files. Cases without a label are kept (semi-supervised training uses them).
+
+An optional ``splits.json`` beside ``dataset.json`` (``{"validation": [case, ...]}``, nnU-Net's splits_final.json)
+fixes which cases are held out for validation. Why: a dataset that grows (new cases appended to fine-tune a model)
+must keep its validation cases out of training, or the threshold calibrated on them is calibrated on training data.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class DatasetIndex:
     labels: dict[str, int]
     cases: list[Case]
     unlabelled: list[Case] = field(default_factory=list)
+    validation: list[str] | None = None  # from splits.json; None: a seeded random split
 
     @property
     def num_channels(self) -> int:
@@ -99,7 +104,29 @@ def load_msd_dataset(root: str | Path) -> DatasetIndex:
         (cases if label.is_file() else unlabelled).append(Case(name, paths, label if label.is_file() else None))
     for name, paths in sorted(_scan_images(root / "imagesTs", ending, len(channel_names)).items()):
         unlabelled.append(Case(name, paths, None))
-    return DatasetIndex(root, str(meta.get("name", root.name)), channel_names, {str(k): int(v) for k, v in labels.items()}, cases, unlabelled)
+    return DatasetIndex(root, str(meta.get("name", root.name)), channel_names, {str(k): int(v) for k, v in labels.items()},
+                        cases, unlabelled, _read_splits(root, [c.name for c in cases]))
+
+
+def _read_splits(root: Path, case_names: list[str]) -> list[str] | None:
+    """The validation cases named in ``root/splits.json``, checked against the labelled cases; None without the file."""
+    path = root / "splits.json"
+    if not path.is_file():
+        return None
+    try:
+        validation = json.loads(path.read_text()).get("validation")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise MeddetInputError("splits.json is not a JSON object.", path, 'Write {"validation": ["case", ...]}.') from exc
+    if not isinstance(validation, list) or not validation or not all(isinstance(v, str) for v in validation):
+        raise MeddetInputError("splits.json needs a non-empty list of case names under \"validation\".", path,
+                               'Write {"validation": ["case", ...]}.')
+    unknown = sorted(set(validation) - set(case_names))
+    if unknown:
+        raise MeddetInputError(f"splits.json names cases the dataset has no labelled images for: {', '.join(unknown[:5])}.",
+                               path, "Use the case names of imagesTr/ (without _0000 and the file ending).")
+    if len(set(validation)) >= len(case_names):
+        raise MeddetInputError("splits.json holds out every case: nothing is left to train on.", path)
+    return sorted(set(validation))
 
 
 def load_csv_dataset(csv_path: str | Path) -> DatasetIndex:

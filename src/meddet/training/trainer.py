@@ -28,7 +28,7 @@ from monai.inferers import sliding_window_inference
 from meddet.detection.lesions import extract_lesions, lesions_from_label_map
 from meddet.evaluation.froc import case_counts
 from meddet.networks.registry import build_model_from_plan
-from meddet.planning.dataset import Case, load_dataset
+from meddet.planning.dataset import Case, DatasetIndex, load_dataset
 from meddet.planning.planner import load_plan
 from meddet.precision import autocast, resolve_precision
 from meddet.training.augment import DEFAULT_PATCH_CENTRE
@@ -66,8 +66,13 @@ def _setup_distributed() -> DistributedContext:
     return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
 
 
-def split_cases(cases: list[Case], fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
-    """A seeded train/validation split; at least one validation case when there are two or more cases."""
+def split_cases(dataset: DatasetIndex, fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
+    """The dataset's fixed split (splits.json) if it has one, else a seeded random split with at least one validation
+    case when there are two or more cases."""
+    cases = dataset.cases
+    if dataset.validation is not None:
+        held_out = set(dataset.validation)
+        return [c for c in cases if c.name not in held_out], [c for c in cases if c.name in held_out]
     order = np.random.default_rng(seed).permutation(len(cases))
     n_val = min(max(1, int(round(len(cases) * fraction))), len(cases) - 1) if len(cases) > 1 else 0
     val = sorted((cases[i] for i in order[:n_val]), key=lambda c: c.name)
@@ -181,7 +186,7 @@ def train(
     torch.manual_seed(seed)
 
     dataset = load_dataset(plan["dataset"])
-    train_cases, val_cases = split_cases(dataset.cases, cfg["validation_fraction"], seed)
+    train_cases, val_cases = split_cases(dataset, cfg["validation_fraction"], seed)
     if max_validation_cases is not None:
         val_cases = val_cases[:max_validation_cases]
     shard = train_cases[ctx.rank :: ctx.world_size]  # each process reads only its own shard
