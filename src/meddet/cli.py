@@ -257,6 +257,24 @@ def export_model(
                   f"validation CPM {best['cpm']:.3f}, sensitivity at 1 FP/scan {best['sensitivity_at_1fp']:.3f}")
 
 
+@app.command("train-rescorer")
+def train_rescorer(
+    model: Path = typer.Argument(..., help="First-stage model file from `meddet export-model`."),
+    out: Path = typer.Option(..., "--out", help="Model file to write: the first stage plus the classifier."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset (default: the one the model's plan names)."),
+    candidates: Optional[Path] = typer.Option(None, "--candidates", help="Candidate cache (default: DATASET/candidates/NAME-VERSION)."),
+    iterations: int = typer.Option(3000, "--iterations", min=1, help="Classifier training steps (batch 32)."),
+    version: Optional[str] = typer.Option(None, "--version", help="Version of the written model (default: VERSION+rescorer)."),
+) -> None:
+    """Train a second-stage classifier on the model's candidates and calibrate the two-stage model on validation cases."""
+    from meddet.training.rescorer import train_rescorer as run
+
+    state = run(model, out, dataset, candidates, iterations, version, log=console.print)
+    best = state["provenance"]["rescorer"]["calibration"]["best"]
+    console.print(f"Wrote {out}: candidates at {best['candidate_threshold']}, score {best['combination']}, threshold "
+                  f"{best['threshold']}, validation CPM {best['cpm']:.3f}, sensitivity at 1 FP/scan {best['sensitivity_at_1fp']:.3f}")
+
+
 def _configure_logging() -> None:
     logging.basicConfig(
         level=logging.WARNING,

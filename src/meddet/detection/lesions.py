@@ -75,7 +75,7 @@ def _measure(instances: np.ndarray, n: int, volume: Volume, score_map: np.ndarra
     ]
 
 
-def _renumber_by_score(lesions: list[dict], instances: np.ndarray, n: int) -> tuple[list[dict], np.ndarray]:
+def renumber_by_score(lesions: list[dict], instances: np.ndarray, n: int) -> tuple[list[dict], np.ndarray]:
     """Keep ``lesions`` only, sorted by score (highest first), renumbered 1..N so the mask's values match the list.
 
     Why renumber: lesions.json promises that ``id`` is the value of the lesion's voxels in the mask, and readers
@@ -110,7 +110,7 @@ def extract_lesions(
     instances = instances.astype(np.uint32, copy=False)
     lesions = _measure(instances, int(n), probability, prob)
     lesions = [lesion for lesion in lesions if lesion["volume_ml"] * 1000.0 >= min_volume_mm3]
-    lesions, labels = _renumber_by_score(lesions, instances, int(n))
+    lesions, labels = renumber_by_score(lesions, instances, int(n))
     return lesions, probability.with_array(labels)
 
 

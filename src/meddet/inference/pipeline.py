@@ -19,7 +19,8 @@ from meddet.io import read_volume, write_volume
 from meddet.io.itk_formats import has_itk_suffix
 from meddet.volume import Volume
 
-SCHEMA_VERSION = "1.1"  # 1.1 added model.mirroring
+SCHEMA_VERSION = "1.2"  # 1.1 added model.mirroring; 1.2 the two stages' scores and model.rescorer
+LESION_KEYS = ("id", "center_mm", "diameter_mm", "volume_ml", "score", "bbox_mm", "candidate_score", "classifier_score")
 
 
 def find_cases(path: Path) -> list[tuple[str, Path]] | None:
@@ -48,6 +49,16 @@ def _is_dicom(volume: Volume) -> bool:
     return bool(volume.metadata.get("sop_instance_uids"))
 
 
+def detect_lesions(model: LoadedModel, probability: Volume, volume: Volume) -> tuple[list[dict], Volume]:
+    """Lesions and their instance map: the probability's components at the model's threshold, or, for a model with
+    a second stage, its candidates re-scored by the classifier and kept at the model's threshold on the final score."""
+    if model.rescorer is None:
+        return extract_lesions(probability, **model.postprocessing)
+    candidates, instances = extract_lesions(
+        probability, model.rescorer.candidate_threshold, model.postprocessing["min_volume_mm3"])
+    return model.rescorer.rescore(candidates, instances, volume, model.postprocessing["threshold"])
+
+
 def predict_scan(
     model: LoadedModel, source: Path, out: Path, mirroring: str | None = None, series_uid: str | None = None
 ) -> dict[str, Any]:
@@ -66,7 +77,7 @@ def predict_scan(
     timing["preprocess"] = stages["preprocess"]
     timing["inference"] = stages["inference"] + stages["resample"]
     start = time.perf_counter()
-    lesions, instances = extract_lesions(probability, **model.postprocessing)
+    lesions, instances = detect_lesions(model, probability, volume)
     timing["postprocess"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -89,7 +100,7 @@ def predict_scan(
     result = {
         "schema_version": SCHEMA_VERSION,
         "lesions": [
-            {k: lesion[k] for k in ("id", "center_mm", "diameter_mm", "volume_ml", "score", "bbox_mm") if k in lesion}
+            {k: lesion[k] for k in LESION_KEYS if k in lesion}
             for lesion in lesions
         ],
         "input": {
@@ -98,12 +109,18 @@ def predict_scan(
             "series_uid": volume.metadata.get("series_uid"), "warnings": volume.warnings,
         },
         "model": {"name": model.name, "version": model.version, **model.postprocessing, "tta": mirroring != "none",
-                  "mirroring": mirroring, "precision": model.precision},
+                  "mirroring": mirroring, "precision": model.precision, "rescorer": _rescorer_summary(model)},
         "outputs": outputs,
         "timing_s": {k: round(v, 3) for k, v in timing.items()},
     }
     (out / "lesions.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _rescorer_summary(model: LoadedModel) -> dict[str, Any] | None:
+    if model.rescorer is None:
+        return None
+    return {"combination": model.rescorer.combination, "candidate_threshold": model.rescorer.candidate_threshold}
 
 
 def predict_path(

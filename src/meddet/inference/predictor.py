@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from meddet.detection.rescorer import Rescorer
 from meddet.errors import MeddetInputError
 from meddet.networks.registry import build_model_from_plan
 from meddet.precision import autocast, resolve_precision
@@ -67,6 +68,7 @@ class LoadedModel:
     postprocessing: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_POSTPROCESSING))
     precision: str = "fp32"  # what the convolutions run in here (meddet.precision)
     mirroring: str = "none"  # the test-time mirroring the threshold was calibrated with (MIRRORINGS)
+    rescorer: Rescorer | None = None  # the second stage, when the model file has one (meddet.detection.rescorer)
 
 
 def load_model(path: str | Path, precision: str | None = None) -> LoadedModel:
@@ -98,6 +100,7 @@ def load_model(path: str | Path, precision: str | None = None) -> LoadedModel:
         {**DEFAULT_POSTPROCESSING, **state.get("postprocessing", {})},
         resolve_precision(precision or plan.get("training", {}).get("precision", "fp32"), "cpu"),
         mirroring,
+        Rescorer.from_state(state["rescorer"]) if "rescorer" in state else None,
     )
 
 

@@ -1,0 +1,170 @@
+"""``meddet train-rescorer``: train the second-stage classifier on a model's candidates and calibrate it.
+
+Why this order of choices: the classifier is trained on the training cases' candidates (plus a cube at every truth
+nodule), then the validation cases decide, by CPM, which candidate threshold and which way of combining the two
+scores to use — including "first", the first stage alone, so a classifier that does not help is not used — and the
+final score threshold (the highest within ``CPM_TOLERANCE`` of the best, as ``meddet export-model`` does).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from meddet.detection.crops import CROP_VOXELS
+from meddet.detection.rescorer import COMBINATIONS, INPUT_VOXELS, build_classifier, classify, combine, to_input
+from meddet.errors import MeddetInputError
+from meddet.evaluation.froc import froc
+from meddet.inference.export import CPM_TOLERANCE, THRESHOLDS
+from meddet.training.candidates import CANDIDATE_THRESHOLDS
+from meddet.training.trainer import poly_lr
+
+TRAINING_THRESHOLD = CANDIDATE_THRESHOLDS[0]  # the most candidates: every false positive the others have, and more
+POSITIVE_FRACTION = 0.5
+NOISE_SD = 0.05  # Gaussian noise on the scaled input (~20 HU)
+
+
+def training_arrays(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """HU cubes and labels (1 = nodule) of the cases' candidates at ``TRAINING_THRESHOLD`` plus their truth cubes."""
+    cubes, labels = [], []
+    key = f"t{TRAINING_THRESHOLD:g}_"
+    for path in paths:
+        with np.load(path) as data:
+            cubes += [data[key + "crops"], data["truth_crops"]]
+            labels += [(data[key + "hit_mm"] > 0).astype(np.float32), np.ones(len(data["truth_mm"]), np.float32)]
+    return np.concatenate(cubes), np.concatenate(labels)
+
+
+def augmented_batch(cubes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Network input for ``cubes`` with a random shift (±4 mm), mirrors on every axis, an in-plane transpose, a
+    contrast scale of 0.9–1.1 and Gaussian noise: what differs between two views of the same kind of finding."""
+    span = CROP_VOXELS - INPUT_VOXELS
+    out = np.empty((len(cubes), 1, INPUT_VOXELS, INPUT_VOXELS, INPUT_VOXELS), np.float32)
+    for k, cube in enumerate(cubes):
+        view = to_input(cube[None], tuple(int(v) for v in rng.integers(0, span + 1, 3)))[0, 0]
+        for axis in range(3):
+            if rng.random() < 0.5:
+                view = view[::-1] if axis == 0 else np.flip(view, axis)
+        if rng.random() < 0.5:
+            view = view.transpose(0, 2, 1)
+        out[k, 0] = view * rng.uniform(0.9, 1.1)
+    return out + rng.normal(0.0, NOISE_SD, out.shape).astype(np.float32)
+
+
+def train_classifier(cubes: np.ndarray, labels: np.ndarray, iterations: int = 3000, batch_size: int = 32,
+                     learning_rate: float = 1e-3, seed: int = 0, log: Callable[[str], None] = print) -> torch.nn.Module:
+    """Train the classifier with class-balanced batches (half nodules), AdamW and nnU-Net's poly schedule."""
+    if labels.sum() == 0 or labels.sum() == len(labels):
+        raise ValueError("The second stage needs both nodule and non-nodule candidates to train on.")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    network = build_classifier()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
+    positives, negatives = np.flatnonzero(labels > 0), np.flatnonzero(labels == 0)
+    n_pos = max(1, int(round(batch_size * POSITIVE_FRACTION)))
+    start, running = time.perf_counter(), []
+    network.train()
+    for iteration in range(iterations):
+        for group in optimizer.param_groups:
+            group["lr"] = poly_lr(learning_rate, iteration, iterations)
+        index = np.concatenate([rng.choice(positives, n_pos), rng.choice(negatives, batch_size - n_pos)])
+        x = torch.from_numpy(augmented_batch(cubes[index], rng))
+        y = torch.from_numpy(labels[index])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(network(x)[:, 0], y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running.append(float(loss.detach()))
+        if (iteration + 1) % 250 == 0 or iteration + 1 == iterations:
+            log(f"iteration {iteration + 1}/{iterations}: loss {np.mean(running):.4f} "
+                f"({time.perf_counter() - start:.0f} s)")
+            running = []
+    network.eval()
+    return network
+
+
+def _validation_case(path: Path, network: torch.nn.Module) -> dict[str, Any]:
+    with np.load(path) as data:
+        case = {"truth": [{"center_mm": c.tolist(), "diameter_mm": float(d)}
+                          for c, d in zip(data["truth_centres"], data["truth_mm"])]}
+        for threshold in CANDIDATE_THRESHOLDS:
+            key = f"t{threshold:g}_"
+            case[threshold] = (data[key + "centres"], data[key + "scores"], classify(network, data[key + "crops"]))
+    return case
+
+
+def calibrate_rescorer(network: torch.nn.Module, paths: list[Path]) -> dict[str, Any]:
+    """CPM of every candidate threshold × combination × final threshold on the validation cases; the choice."""
+    cases = [_validation_case(path, network) for path in paths]
+    grid = []
+    for candidate_threshold in CANDIDATE_THRESHOLDS:
+        for how in COMBINATIONS:
+            scored = [(case[candidate_threshold][0], combine(case[candidate_threshold][1], case[candidate_threshold][2], how),
+                       case["truth"]) for case in cases]
+            for threshold in sorted({*THRESHOLDS, 0.0}):
+                if how == "first" and threshold < candidate_threshold:
+                    continue  # the same as at the candidate threshold
+                pairs = [([{"center_mm": c.tolist(), "score": float(s)} for c, s in zip(centres, scores) if s >= threshold],
+                          truth) for centres, scores, truth in scored]
+                result = froc(pairs, bootstrap=0)
+                grid.append({"candidate_threshold": candidate_threshold, "combination": how, "threshold": threshold,
+                             "cpm": result["cpm"], "sensitivity_at_1fp": result["sensitivity"][3]})
+    best_cpm = max(g["cpm"] for g in grid)
+    best_pipeline = max(grid, key=lambda g: g["cpm"])
+    same_pipeline = [g for g in grid if g["candidate_threshold"] == best_pipeline["candidate_threshold"]
+                     and g["combination"] == best_pipeline["combination"] and g["cpm"] >= best_cpm - CPM_TOLERANCE]
+    best = max(same_pipeline, key=lambda g: g["threshold"])
+    return {"best": best, "grid": grid, "validation_cases": [p.stem for p in paths]}
+
+
+def rescored_model_state(first_stage: dict[str, Any], network: torch.nn.Module, calibration: dict[str, Any],
+                         version: str, training: dict[str, Any]) -> dict[str, Any]:
+    """A model file's content: the first stage's, plus the classifier and the calibrated post-processing."""
+    best = calibration["best"]
+    return {
+        **first_stage,
+        "version": version,
+        "postprocessing": {"threshold": best["threshold"], "min_volume_mm3": 0.0},
+        "rescorer": {"model": network.state_dict(), "combination": best["combination"],
+                     "candidate_threshold": best["candidate_threshold"]},
+        "provenance": {**first_stage.get("provenance", {}),
+                       "rescorer": {"training": training, "calibration": calibration}},
+    }
+
+
+def train_rescorer(model_path: Path, out: Path, dataset_root: Path | None = None, candidates: Path | None = None,
+                   iterations: int = 3000, version: str | None = None, seed: int = 0,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Collect ``model_path``'s candidates on the dataset (default: the one its plan names; its fixed or seeded
+    split), train the classifier on the training cases', calibrate on the validation cases', write ``out``."""
+    from meddet.inference.predictor import load_model
+    from meddet.planning.dataset import load_dataset
+    from meddet.training.candidates import collect_dataset
+    from meddet.training.trainer import split_cases
+
+    model = load_model(model_path)
+    if model.rescorer is not None:
+        raise MeddetInputError("This model already has a second stage; give the first-stage model file.", model_path)
+    dataset = load_dataset(dataset_root or Path(model.plan["dataset"]))
+    train_cases, val_cases = split_cases(dataset, model.plan["training"]["validation_fraction"],
+                                         int(model.plan["training"]["seed"]))
+    if not train_cases or not val_cases:
+        raise MeddetInputError("The dataset needs training and validation cases for a second stage.", dataset.root)
+    candidates = candidates or dataset.root / "candidates" / f"{model.name}-{model.version}"
+    train_paths = collect_dataset(model, train_cases, dataset.root, candidates, log)
+    val_paths = collect_dataset(model, val_cases, dataset.root, candidates, log)
+    cubes, labels = training_arrays(train_paths)
+    log(f"training on {len(labels)} cubes ({int(labels.sum())} nodules) from {len(train_paths)} cases")
+    network = train_classifier(cubes, labels, iterations, seed=seed, log=log)
+    calibration = calibrate_rescorer(network, val_paths)
+    first_stage = torch.load(model_path, map_location="cpu", weights_only=False)
+    training = {"iterations": iterations, "seed": seed, "cubes": int(len(labels)), "nodule_cubes": int(labels.sum()),
+                "training_cases": [c.name for c in train_cases], "dataset": str(dataset.root)}
+    state = rescored_model_state(first_stage, network, calibration, version or f"{model.version}+rescorer", training)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out)
+    return state

@@ -1,0 +1,117 @@
+"""The second stage: cubes in patient orientation, hit labels, score combination, training, calibration, predict."""
+
+import numpy as np
+import pytest
+import torch
+
+from meddet.detection.crops import AIR_HU, CROP_VOXELS, crops_around
+from meddet.detection.lesions import extract_lesions
+from meddet.detection.rescorer import COMBINATIONS, Rescorer, build_classifier, classify, combine
+from meddet.training.candidates import CANDIDATE_THRESHOLDS, hit_diameters
+from meddet.volume import Volume
+
+
+def _ball_volume(direction, spacing, shape=(30, 50, 60), ball_index=(12, 20, 35), radius_mm=4.0):
+    """A -800 HU volume with a 4 mm-radius 100 HU ball; returns it and the ball's LPS centre."""
+    volume = Volume(np.full(shape, -800, np.int16), spacing=spacing, origin=(10.0, -20.0, 5.0), direction=direction)
+    centre = volume.index_zyx_to_lps(np.array(ball_index, float))[0]
+    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    points = volume.index_zyx_to_lps(np.stack([zz.ravel(), yy.ravel(), xx.ravel()], 1).astype(float))
+    inside = np.linalg.norm(points - centre, axis=1).reshape(shape) <= radius_mm
+    volume.array[inside] = 100
+    return volume, centre
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0]),
+                                       np.array([[0.8, -0.6, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])])
+def test_cube_is_centred_on_the_candidate_in_patient_orientation(direction):
+    """Flipped and oblique grids alike: the ball sits at the cube's centre, the cube axes are S, P, L."""
+    volume, centre = _ball_volume(direction, spacing=(0.7, 0.8, 2.5))
+    cube = crops_around(volume, centre[None])[0]
+    assert cube.shape == (CROP_VOXELS,) * 3
+    middle = (CROP_VOXELS - 1) / 2
+    bright = np.argwhere(cube > -350)
+    assert np.allclose(bright.mean(axis=0), middle, atol=0.75)
+    # a point 10 mm to the patient's left (+x in LPS) of the ball lands 10 voxels along the cube's last axis
+    shifted = crops_around(volume, (centre + [-10.0, 0.0, 0.0])[None])[0]
+    assert np.allclose(np.argwhere(shifted > -350).mean(axis=0), [middle, middle, middle + 10], atol=0.75)
+
+
+def test_cube_outside_the_scan_is_air():
+    volume, centre = _ball_volume(np.eye(3), spacing=(1.0, 1.0, 1.0))
+    far = crops_around(volume, (centre + [500.0, 0.0, 0.0])[None])[0]
+    assert np.all(far == AIR_HU)
+    assert crops_around(volume, np.zeros((0, 3))).shape == (0, CROP_VOXELS, CROP_VOXELS, CROP_VOXELS)
+
+
+def test_hit_diameters_use_the_evaluation_hit_rule():
+    truth = [{"center_mm": [0, 0, 0], "diameter_mm": 4.0}, {"center_mm": [50, 0, 0], "diameter_mm": 12.0}]
+    centres = np.array([[2.9, 0, 0], [3.1, 0, 0], [55.9, 0, 0], [56.1, 0, 0], [25, 0, 0]])
+    # a 4 mm nodule is hit within 3 mm (LUNA16's floor for small nodules), a 12 mm one within its 6 mm radius
+    assert hit_diameters(centres, truth).tolist() == [4.0, 0.0, 12.0, 0.0, 0.0]
+    assert hit_diameters(centres, []).tolist() == [0.0] * 5
+
+
+def test_combinations():
+    first, second = np.array([0.25, 1.0]), np.array([1.0, 0.04])
+    assert combine(first, second, "first").tolist() == [0.25, 1.0]
+    assert combine(first, second, "second").tolist() == [1.0, 0.04]
+    assert np.allclose(combine(first, second, "geometric"), [0.5, 0.2])
+    with pytest.raises(ValueError, match="Unknown combination"):
+        combine(first, second, "max")
+    assert set(COMBINATIONS) == {"first", "second", "geometric"}
+
+
+def test_rescore_drops_low_final_scores_from_list_and_mask():
+    """Kept lesions are renumbered 1..N by final score and the mask holds exactly their ids."""
+    volume, centre = _ball_volume(np.eye(3), spacing=(1.0, 1.0, 1.0))
+    probability = np.zeros(volume.shape, np.float32)
+    probability[10:14, 18:22, 33:37] = 0.9
+    probability[20:23, 40:43, 10:13] = 0.4
+    lesions, instances = extract_lesions(volume.with_array(probability), 0.1)
+    torch.manual_seed(0)
+    rescorer = Rescorer(build_classifier().eval(), "geometric", 0.1)
+    second = classify(rescorer.network, crops_around(volume, np.array([l["center_mm"] for l in lesions])))
+    kept, mask = rescorer.rescore(lesions, instances, volume, threshold=0.0)
+    assert len(kept) == 2 and [l["id"] for l in kept] == [1, 2]
+    assert sorted(np.unique(mask.array[mask.array > 0]).tolist()) == [1, 2]
+    expected = sorted(np.sqrt(np.array([0.9, 0.4]) * second), reverse=True)
+    assert np.allclose([l["score"] for l in kept], expected, atol=1e-4)
+    assert {l["candidate_score"] for l in kept} == {0.9, 0.4}
+    cut = (expected[0] + expected[1]) / 2
+    kept, mask = rescorer.rescore(lesions, instances, volume, threshold=cut)
+    assert len(kept) == 1 and kept[0]["id"] == 1 and np.unique(mask.array).tolist() == [0, 1]
+    assert (mask.array == 1).sum() == (instances.array == [l for l in lesions if l["score"] == kept[0]["candidate_score"]][0]["id"]).sum()
+
+
+def test_train_rescorer_end_to_end(tmp_path):
+    """A tiny first stage, its candidates, a few classifier steps, calibration, a model file that predicts."""
+    from test_training import _plan
+
+    from meddet.inference.export import export_model
+    from meddet.inference.pipeline import predict_scan
+    from meddet.inference.predictor import load_model
+    from meddet.training.rescorer import train_rescorer
+    from meddet.training.trainer import CHECKPOINT_LAST, train
+
+    plan = _plan(tmp_path)
+    train(plan, tmp_path / "run", num_workers=0, show_progress=False)
+    export_model(tmp_path / "run" / CHECKPOINT_LAST, tmp_path / "first.pt", "tiny", "0.0.1")
+    state = train_rescorer(tmp_path / "first.pt", tmp_path / "two.pt", iterations=4, log=lambda m: None)
+    calibration = state["provenance"]["rescorer"]["calibration"]
+    best = calibration["best"]
+    assert best in calibration["grid"] and best["cpm"] == pytest.approx(max(g["cpm"] for g in calibration["grid"]), abs=0.011)
+    assert {g["candidate_threshold"] for g in calibration["grid"]} == set(CANDIDATE_THRESHOLDS)
+    assert state["postprocessing"]["threshold"] == best["threshold"] and state["version"] == "0.0.1+rescorer"
+    candidates = tmp_path / "data" / "candidates" / "tiny-0.0.1"
+    assert len(list(candidates.glob("*.npz"))) == 4  # every case: training and validation
+    model = load_model(tmp_path / "two.pt")
+    assert model.rescorer is not None and model.rescorer.combination == best["combination"]
+    result = predict_scan(model, tmp_path / "data" / "imagesTr" / "case0_0000.nii.gz", tmp_path / "pred")
+    assert result["schema_version"] == "1.2" and result["model"]["rescorer"]["combination"] == best["combination"]
+    for lesion in result["lesions"]:
+        assert {"candidate_score", "classifier_score"} <= set(lesion) and lesion["score"] >= best["threshold"]
+    from meddet.errors import MeddetInputError
+
+    with pytest.raises(MeddetInputError, match="already has a second stage"):
+        train_rescorer(tmp_path / "two.pt", tmp_path / "three.pt", iterations=1, log=lambda m: None)
