@@ -57,9 +57,10 @@ def test_combinations():
     assert combine(first, second, "first").tolist() == [0.25, 1.0]
     assert combine(first, second, "second").tolist() == [1.0, 0.04]
     assert np.allclose(combine(first, second, "geometric"), [0.5, 0.2])
+    assert np.allclose(combine(first, second, "mean"), [0.625, 0.52])
     with pytest.raises(ValueError, match="Unknown combination"):
         combine(first, second, "max")
-    assert set(COMBINATIONS) == {"first", "second", "geometric"}
+    assert set(COMBINATIONS) == {"first", "second", "geometric", "mean"}
 
 
 def test_rescore_drops_low_final_scores_from_list_and_mask():
@@ -115,3 +116,40 @@ def test_train_rescorer_end_to_end(tmp_path):
 
     with pytest.raises(MeddetInputError, match="already has a second stage"):
         train_rescorer(tmp_path / "two.pt", tmp_path / "three.pt", iterations=1, log=lambda m: None)
+
+
+def test_negatives_lie_on_dense_lung_tissue_away_from_nodules():
+    """A body with two air-filled lungs, a vessel in each and a nodule on one: negatives sit on the vessels (the
+    only dense tissue inside the lungs) and keep their distance from the nodule."""
+    from meddet.training.candidates import NEGATIVE_CLEARANCE_MM, sample_negatives
+
+    shape = (40, 64, 96)
+    array = np.full(shape, -1000, np.int16)
+    array[2:-2, 6:-6, 6:-6] = 20  # body
+    array[5:-5, 14:-14, 12:44] = -850  # right lung
+    array[5:-5, 14:-14, 52:84] = -850  # left lung
+    array[5:-5, 30:33, 26:29] = 40  # a vessel running head to foot through each lung
+    array[5:-5, 30:33, 66:69] = 40
+    array[18:23, 28:35, 64:71] = 40  # a nodule on the left vessel
+    volume = Volume(array, spacing=(1.0, 1.0, 1.0))
+    nodule = {"center_mm": volume.index_zyx_to_lps(np.array([20.0, 31.0, 67.0]))[0].tolist(), "diameter_mm": 7.0}
+    points = sample_negatives(volume, [nodule], 30, seed=0)
+    assert len(points) == 30
+    index = volume.lps_to_index_zyx(points)
+    assert np.all(np.isin(np.round(index[:, 1]), [30, 31, 32]))
+    assert np.all(np.isin(np.round(index[:, 2]), [26, 27, 28, 66, 67, 68]))
+    assert np.all(np.linalg.norm(points - nodule["center_mm"], axis=1) > 3.5 + NEGATIVE_CLEARANCE_MM)
+    assert np.array_equal(points, sample_negatives(volume, [nodule], 30, seed=0))  # seeded: the cache is reproducible
+
+
+def test_rescorer_setting_is_the_best_pipeline_and_the_middle_of_its_tied_thresholds():
+    from meddet.training.rescorer import choose_rescorer_setting
+
+    def g(candidates, how, threshold, cpm):
+        return {"candidate_threshold": candidates, "combination": how, "threshold": threshold, "cpm": cpm}
+
+    grid = [g(0.05, "mean", t, 0.9) for t in (0.0, 0.1, 0.2, 0.3, 0.5)] + [g(0.05, "mean", 0.6, 0.8),
+            g(0.1, "first", 0.2, 0.85), g(0.1, "geometric", 0.0, 0.895)]
+    assert choose_rescorer_setting(grid) == g(0.05, "mean", 0.2, 0.9)  # 0.895 ties on CPM but is another pipeline
+    assert choose_rescorer_setting(grid[:2]) == g(0.05, "mean", 0.0, 0.9)  # two middles: the lower
+    assert choose_rescorer_setting([g(0.2, "first", 0.2, 0.7), g(0.2, "first", 0.3, 0.5)]) == g(0.2, "first", 0.2, 0.7)

@@ -28,7 +28,7 @@ CHANNELS = (16, 32, 64, 128)
 # stage can break a scan into thousands of faint fragments, and no scan has a hundred nodules worth reporting.
 MAX_CANDIDATES = 100
 # How the final score is made from the first stage's score s1 and the classifier's probability s2.
-COMBINATIONS = ("first", "second", "geometric")
+COMBINATIONS = ("first", "second", "geometric", "mean")
 
 
 def build_classifier() -> torch.nn.Module:
@@ -54,6 +54,8 @@ def combine(first: np.ndarray, second: np.ndarray, how: str) -> np.ndarray:
         return np.asarray(second, dtype=float)
     if how == "geometric":
         return np.sqrt(np.asarray(first, dtype=float) * np.asarray(second, dtype=float))
+    if how == "mean":
+        return (np.asarray(first, dtype=float) + np.asarray(second, dtype=float)) / 2.0
     raise ValueError(f"Unknown combination '{how}'; choose one of {', '.join(COMBINATIONS)}.")
 
 

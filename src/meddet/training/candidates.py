@@ -6,11 +6,15 @@ blobs — at the operating point it will see. Candidates are taken at several lo
 more candidates and bigger, sometimes merged components, whose centres move), labelled with the evaluation's own
 hit rule, and cached per case so that training and calibration never repeat the sliding window.
 Every truth nodule also gets a cube at its true centre (``truth`` entries): positives the first stage missed.
+A well-trained first stage leaves few false positives on the cases it was trained on (a handful per scan), so each
+case also gives ``NEGATIVES_PER_CASE`` cubes centred on dense lung tissue (vessels, fissures, airway walls, pleura)
+well away from every nodule (``negative`` entries): the anatomy the first stage's mistakes are made of.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +26,13 @@ from meddet.evaluation.froc import hit_radius
 from meddet.inference.predictor import LoadedModel, predict_probability
 from meddet.io import read_volume
 from meddet.planning.dataset import Case
+from meddet.preprocess.crop import lung_mask
+from meddet.volume import Volume
 
 CANDIDATE_THRESHOLDS = (0.05, 0.1, 0.2)
+NEGATIVES_PER_CASE = 30
+DENSE_HU = -400.0  # lung tissue denser than this is a vessel, wall or nodule, not air
+NEGATIVE_CLEARANCE_MM = 10.0  # a negative cube's centre lies at least this far outside every nodule
 
 
 def truth_lesions(case: Case, root: Path) -> list[dict]:
@@ -48,13 +57,34 @@ def hit_diameters(centres_lps: np.ndarray, truth: list[dict]) -> np.ndarray:
     return out
 
 
+def sample_negatives(volume: Volume, truth: list[dict], count: int, seed: int) -> np.ndarray:
+    """Up to ``count`` LPS points on dense tissue inside the lungs, each ``NEGATIVE_CLEARANCE_MM`` outside every
+    nodule (the lung mask is found at half resolution in-plane, as the crop does)."""
+    step = 2 if min(volume.shape[1:]) >= 128 else 1
+    small = np.asarray(volume.array)[:, ::step, ::step]
+    dense = lung_mask(volume.with_array(small)) & (small > DENSE_HU)
+    index = np.argwhere(dense)
+    if len(index) == 0:
+        return np.zeros((0, 3))
+    rng = np.random.default_rng(seed)
+    pick = index[rng.choice(len(index), min(len(index), 8 * count), replace=False)] * np.array([1, step, step])
+    points = volume.index_zyx_to_lps(pick.astype(float))
+    if truth:
+        nodules = np.array([t["center_mm"] for t in truth], dtype=float)
+        reach = np.array([float(t["diameter_mm"]) / 2 + NEGATIVE_CLEARANCE_MM for t in truth])
+        clear = (np.linalg.norm(points[:, None] - nodules[None], axis=2) > reach[None]).all(axis=1)
+        points = points[clear]
+    return points[:count]
+
+
 def collect_case(model: LoadedModel, case: Case, truth: list[dict],
                  thresholds: tuple[float, ...] = CANDIDATE_THRESHOLDS) -> dict[str, np.ndarray]:
     """Candidates of ``case`` at each threshold and one cube per truth nodule, as arrays for ``np.savez``.
 
     Keys per threshold ``t`` (e.g. ``t0.05_``): ``centres`` (LPS mm), ``scores`` (first-stage maximum probability),
     ``diameters`` (equivalent sphere, mm), ``hit_mm`` (diameter of the nodule hit, 0 = false positive) and
-    ``crops`` (int16 HU cubes); ``truth_centres``, ``truth_mm`` and ``truth_crops`` for the nodules themselves.
+    ``crops`` (int16 HU cubes); ``truth_centres``, ``truth_mm`` and ``truth_crops`` for the nodules themselves;
+    ``negative_centres`` and ``negative_crops`` for dense lung tissue away from them (seeded by the case's name).
     """
     volume = read_volume(case.images[0])
     probability, _ = predict_probability(model, [volume])
@@ -72,7 +102,14 @@ def collect_case(model: LoadedModel, case: Case, truth: list[dict],
     arrays["truth_centres"] = truth_centres
     arrays["truth_mm"] = np.array([t["diameter_mm"] for t in truth], dtype=np.float32)
     arrays["truth_crops"] = np.round(crops_around(volume, truth_centres)).astype(np.int16)
+    arrays.update(negative_arrays(volume, truth, case.name))
     return arrays
+
+
+def negative_arrays(volume: Volume, truth: list[dict], case_name: str) -> dict[str, np.ndarray]:
+    """``negative_centres`` and ``negative_crops`` of a case (see ``sample_negatives``)."""
+    centres = sample_negatives(volume, truth, NEGATIVES_PER_CASE, zlib.crc32(case_name.encode()))
+    return {"negative_centres": centres, "negative_crops": np.round(crops_around(volume, centres)).astype(np.int16)}
 
 
 def collect_dataset(model: LoadedModel, cases: list[Case], root: Path, out: Path, log=print) -> list[Path]:

@@ -3,7 +3,7 @@
 Why this order of choices: the classifier is trained on the training cases' candidates (plus a cube at every truth
 nodule), then the validation cases decide, by CPM, which candidate threshold and which way of combining the two
 scores to use — including "first", the first stage alone, so a classifier that does not help is not used — and the
-final score threshold (the highest within ``CPM_TOLERANCE`` of the best, as ``meddet export-model`` does).
+final score threshold (``choose_rescorer_setting``).
 """
 
 from __future__ import annotations
@@ -28,15 +28,19 @@ POSITIVE_FRACTION = 0.5
 NOISE_SD = 0.05  # Gaussian noise on the scaled input (~20 HU)
 
 
-def training_arrays(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """HU cubes and labels (1 = nodule) of the cases' candidates at ``TRAINING_THRESHOLD`` plus their truth cubes."""
-    cubes, labels = [], []
+def training_arrays(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HU cubes, labels (1 = nodule) and a mark of the first stage's false positives, from the cases' candidates at
+    ``TRAINING_THRESHOLD``, their truth cubes and their dense-tissue negatives."""
+    cubes, labels, candidate_fp = [], [], []
     key = f"t{TRAINING_THRESHOLD:g}_"
     for path in paths:
         with np.load(path) as data:
-            cubes += [data[key + "crops"], data["truth_crops"]]
-            labels += [(data[key + "hit_mm"] > 0).astype(np.float32), np.ones(len(data["truth_mm"]), np.float32)]
-    return np.concatenate(cubes), np.concatenate(labels)
+            hit = data[key + "hit_mm"] > 0
+            n_truth, n_negative = len(data["truth_mm"]), len(data["negative_crops"])
+            cubes += [data[key + "crops"], data["truth_crops"], data["negative_crops"]]
+            labels += [hit.astype(np.float32), np.ones(n_truth, np.float32), np.zeros(n_negative, np.float32)]
+            candidate_fp += [~hit, np.zeros(n_truth, bool), np.zeros(n_negative, bool)]
+    return np.concatenate(cubes), np.concatenate(labels), np.concatenate(candidate_fp)
 
 
 def augmented_batch(cubes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -55,23 +59,29 @@ def augmented_batch(cubes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out + rng.normal(0.0, NOISE_SD, out.shape).astype(np.float32)
 
 
-def train_classifier(cubes: np.ndarray, labels: np.ndarray, iterations: int = 3000, batch_size: int = 32,
-                     learning_rate: float = 1e-3, seed: int = 0, log: Callable[[str], None] = print) -> torch.nn.Module:
-    """Train the classifier with class-balanced batches (half nodules), AdamW and nnU-Net's poly schedule."""
+def train_classifier(cubes: np.ndarray, labels: np.ndarray, candidate_fp: np.ndarray, iterations: int = 3000,
+                     batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 0,
+                     log: Callable[[str], None] = print) -> torch.nn.Module:
+    """Train the classifier with AdamW, nnU-Net's poly schedule and balanced batches: half nodules, and of the rest
+    half the first stage's false positives (the mistakes to undo, a few per scan) and half dense-tissue cubes."""
     if labels.sum() == 0 or labels.sum() == len(labels):
-        raise ValueError("The second stage needs both nodule and non-nodule candidates to train on.")
+        raise ValueError("The second stage needs both nodule and non-nodule cubes to train on.")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     network = build_classifier()
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
-    positives, negatives = np.flatnonzero(labels > 0), np.flatnonzero(labels == 0)
+    positives = np.flatnonzero(labels > 0)
+    hard, tissue = np.flatnonzero(candidate_fp), np.flatnonzero((labels == 0) & ~candidate_fp)
     n_pos = max(1, int(round(batch_size * POSITIVE_FRACTION)))
+    n_hard = (batch_size - n_pos) // 2 if len(hard) and len(tissue) else (batch_size - n_pos if len(hard) else 0)
     start, running = time.perf_counter(), []
     network.train()
     for iteration in range(iterations):
         for group in optimizer.param_groups:
             group["lr"] = poly_lr(learning_rate, iteration, iterations)
-        index = np.concatenate([rng.choice(positives, n_pos), rng.choice(negatives, batch_size - n_pos)])
+        index = np.concatenate([rng.choice(positives, n_pos), rng.choice(hard, n_hard) if n_hard else [],
+                                rng.choice(tissue, batch_size - n_pos - n_hard) if n_hard < batch_size - n_pos else []]
+                               ).astype(int)
         x = torch.from_numpy(augmented_batch(cubes[index], rng))
         y = torch.from_numpy(labels[index])
         loss = torch.nn.functional.binary_cross_entropy_with_logits(network(x)[:, 0], y)
@@ -87,7 +97,9 @@ def train_classifier(cubes: np.ndarray, labels: np.ndarray, iterations: int = 30
     return network
 
 
-def _validation_case(path: Path, network: torch.nn.Module) -> dict[str, Any]:
+def scored_candidates(path: Path, network: torch.nn.Module) -> dict[str, Any]:
+    """A cached case's truth and, per candidate threshold, its candidates' centres, first-stage scores and
+    classifier probabilities: everything a setting's FROC needs, without the sliding window."""
     with np.load(path) as data:
         case = {"truth": [{"center_mm": c.tolist(), "diameter_mm": float(d)}
                           for c, d in zip(data["truth_centres"], data["truth_mm"])]}
@@ -99,7 +111,7 @@ def _validation_case(path: Path, network: torch.nn.Module) -> dict[str, Any]:
 
 def calibrate_rescorer(network: torch.nn.Module, paths: list[Path]) -> dict[str, Any]:
     """CPM of every candidate threshold × combination × final threshold on the validation cases; the choice."""
-    cases = [_validation_case(path, network) for path in paths]
+    cases = [scored_candidates(path, network) for path in paths]
     grid = []
     for candidate_threshold in CANDIDATE_THRESHOLDS:
         for how in COMBINATIONS:
@@ -113,12 +125,23 @@ def calibrate_rescorer(network: torch.nn.Module, paths: list[Path]) -> dict[str,
                 result = froc(pairs, bootstrap=0)
                 grid.append({"candidate_threshold": candidate_threshold, "combination": how, "threshold": threshold,
                              "cpm": result["cpm"], "sensitivity_at_1fp": result["sensitivity"][3]})
-    best_cpm = max(g["cpm"] for g in grid)
-    best_pipeline = max(grid, key=lambda g: g["cpm"])
-    same_pipeline = [g for g in grid if g["candidate_threshold"] == best_pipeline["candidate_threshold"]
-                     and g["combination"] == best_pipeline["combination"] and g["cpm"] >= best_cpm - CPM_TOLERANCE]
-    best = max(same_pipeline, key=lambda g: g["threshold"])
-    return {"best": best, "grid": grid, "validation_cases": [p.stem for p in paths]}
+    return {"best": choose_rescorer_setting(grid), "grid": grid, "validation_cases": [p.stem for p in paths]}
+
+
+def choose_rescorer_setting(grid: list[dict[str, Any]]) -> dict[str, Any]:
+    """The candidate threshold and combination of the best CPM; of its final thresholds within ``CPM_TOLERANCE``
+    of that CPM, the middle one (the lower of two middles).
+
+    Why the middle and not the highest (``meddet export-model``'s rule): here the final threshold cannot tighten an
+    outline (the candidate threshold draws those), it only drops candidates. A good classifier ranks every found
+    nodule above every false positive on the validation cases, which then cannot tell a wide range of thresholds
+    apart; its top end drops nodules the classifier doubts on new scans, its bottom end reports every faint
+    candidate. The middle is the farthest from both."""
+    best = max(grid, key=lambda g: g["cpm"])
+    tied = sorted((g for g in grid if g["candidate_threshold"] == best["candidate_threshold"]
+                   and g["combination"] == best["combination"] and g["cpm"] >= best["cpm"] - CPM_TOLERANCE),
+                  key=lambda g: g["threshold"])
+    return tied[(len(tied) - 1) // 2]
 
 
 def rescored_model_state(first_stage: dict[str, Any], network: torch.nn.Module, calibration: dict[str, Any],
@@ -157,12 +180,14 @@ def train_rescorer(model_path: Path, out: Path, dataset_root: Path | None = None
     candidates = candidates or dataset.root / "candidates" / f"{model.name}-{model.version}"
     train_paths = collect_dataset(model, train_cases, dataset.root, candidates, log)
     val_paths = collect_dataset(model, val_cases, dataset.root, candidates, log)
-    cubes, labels = training_arrays(train_paths)
-    log(f"training on {len(labels)} cubes ({int(labels.sum())} nodules) from {len(train_paths)} cases")
-    network = train_classifier(cubes, labels, iterations, seed=seed, log=log)
+    cubes, labels, candidate_fp = training_arrays(train_paths)
+    log(f"training on {len(labels)} cubes ({int(labels.sum())} nodules, {int(candidate_fp.sum())} first-stage false "
+        f"positives) from {len(train_paths)} cases")
+    network = train_classifier(cubes, labels, candidate_fp, iterations, seed=seed, log=log)
     calibration = calibrate_rescorer(network, val_paths)
     first_stage = torch.load(model_path, map_location="cpu", weights_only=False)
     training = {"iterations": iterations, "seed": seed, "cubes": int(len(labels)), "nodule_cubes": int(labels.sum()),
+                "candidate_false_positives": int(candidate_fp.sum()),
                 "training_cases": [c.name for c in train_cases], "dataset": str(dataset.root)}
     state = rescored_model_state(first_stage, network, calibration, version or f"{model.version}+rescorer", training)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,65 @@
+"""Every second-stage setting of a two-stage model, scored on a phantom set's cached candidates.
+
+Usage:  python benchmarks/rescorer_settings.py MODEL DATASET CACHE
+
+Runs the model's first stage once per case of DATASET (its own mirroring; cases already in CACHE are kept), then,
+for each candidate threshold × score combination × final threshold, prints the CPM, the FROC points and the
+≥ 6 mm CPM and sensitivity at 1 FP/scan, and the model's own calibrated setting last. This is how a second stage
+is judged on development phantoms (never its training or validation cases) before the full `meddet predict` path
+is run: one sliding window per scan instead of one per setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from meddet.detection.rescorer import COMBINATIONS, combine
+from meddet.evaluation.froc import froc
+from meddet.inference.predictor import load_model
+from meddet.planning.dataset import load_dataset
+from meddet.training.candidates import CANDIDATE_THRESHOLDS, collect_dataset
+from meddet.training.rescorer import scored_candidates
+
+FINAL_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("dataset", type=Path)
+    parser.add_argument("cache", type=Path)
+    args = parser.parse_args()
+    model = load_model(args.model)
+    if model.rescorer is None:
+        parser.error("the model has no second stage (make one with `meddet train-rescorer`)")
+    dataset = load_dataset(args.dataset)
+    paths = collect_dataset(model, dataset.cases, dataset.root, args.cache)
+    cases = [scored_candidates(path, model.rescorer.network) for path in paths]
+
+    def score(candidate_threshold: float, how: str, threshold: float, min_diameter: float = 0.0) -> dict:
+        pairs = []
+        for case in cases:
+            centres, first, second = case[candidate_threshold]
+            final = combine(first, second, how)
+            pairs.append(([{"center_mm": c.tolist(), "score": float(s)} for c, s in zip(centres, final) if s >= threshold],
+                          case["truth"]))
+        return froc(pairs, bootstrap=0, min_diameter_mm=min_diameter)
+
+    def line(candidate_threshold: float, how: str, threshold: float) -> str:
+        every, large = score(candidate_threshold, how, threshold), score(candidate_threshold, how, threshold, 6.0)
+        points = ", ".join(f"{v:.3f}" for v in every["sensitivity"])
+        return (f"candidates {candidate_threshold:<4g} {how:<9} threshold {threshold:<4g} CPM {every['cpm']:.3f} "
+                f"[{points}]  >= 6 mm: CPM {large['cpm']:.3f}, at 1 FP/scan {large['sensitivity'][3]:.3f}")
+
+    print(f"{len(cases)} scans, {sum(len(c['truth']) for c in cases)} nodules")
+    for candidate_threshold in CANDIDATE_THRESHOLDS:
+        for how in COMBINATIONS:
+            for threshold in FINAL_THRESHOLDS:
+                print(line(candidate_threshold, how, threshold))
+    rescorer = model.rescorer
+    print("model's setting:", line(rescorer.candidate_threshold, rescorer.combination, model.postprocessing["threshold"]))
+
+
+if __name__ == "__main__":
+    main()
