@@ -153,3 +153,18 @@ def test_rescorer_setting_is_the_best_pipeline_and_the_middle_of_its_tied_thresh
     assert choose_rescorer_setting(grid) == g(0.05, "mean", 0.2, 0.9)  # 0.895 ties on CPM but is another pipeline
     assert choose_rescorer_setting(grid[:2]) == g(0.05, "mean", 0.0, 0.9)  # two middles: the lower
     assert choose_rescorer_setting([g(0.2, "first", 0.2, 0.7), g(0.2, "first", 0.3, 0.5)]) == g(0.2, "first", 0.2, 0.7)
+
+
+def test_bundled_model_carries_its_calibrated_second_stage():
+    """The shipped file's second-stage settings are the ones its stored calibration chose (nothing edited by hand)."""
+    from meddet.inference.models import resolve_model
+    from meddet.inference.predictor import load_model
+    from meddet.training.rescorer import choose_rescorer_setting
+
+    path = resolve_model(None)
+    model = load_model(path)
+    calibration = torch.load(path, map_location="cpu", weights_only=False)["provenance"]["rescorer"]["calibration"]
+    best = choose_rescorer_setting(calibration["grid"])
+    assert model.rescorer is not None and calibration["best"] == best
+    assert (model.rescorer.candidate_threshold, model.rescorer.combination, model.postprocessing["threshold"]) == (
+        best["candidate_threshold"], best["combination"], best["threshold"])

@@ -28,7 +28,7 @@ def crops_around(volume: Volume, centres_lps: np.ndarray, voxels: int = CROP_VOX
     out = np.empty((len(centres), voxels, voxels, voxels), dtype=np.float32)
     if len(centres) == 0:
         return out
-    image = sitk.Cast(volume.to_sitk(), sitk.sitkFloat32)
+    image = volume.to_sitk()  # no float copy of the whole scan: Resample interpolates in float and writes float32
     half = (voxels - 1) / 2.0 * spacing_mm
     for k, centre in enumerate(centres):
         origin = [float(c - half) for c in centre]
