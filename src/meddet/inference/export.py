@@ -31,7 +31,8 @@ MIN_VOLUMES_MM3 = (0.0, 10.0, 30.0)
 CPM_TOLERANCE = 0.01
 
 
-def _truth(case_name: str, label_path: Path, root: Path) -> list[dict]:
+def case_truth(case_name: str, label_path: Path | None, root: Path) -> list[dict]:
+    """A dataset case's nodules: the phantom's ``lesions/<case>.json`` where it exists, else the label map's components."""
     json_path = root / "lesions" / f"{case_name}.json"
     if json_path.is_file():
         return json.loads(json_path.read_text())["lesions"]
@@ -56,7 +57,7 @@ def calibrate(checkpoint: Path, max_cases: int | None = None, mirroring: str = "
     for case in val_cases:
         probability, _ = predict_probability(model, [read_volume(p) for p in case.images], mirroring)
         probabilities.append(probability)
-        truths.append(_truth(case.name, case.label, dataset.root))
+        truths.append(case_truth(case.name, case.label, dataset.root))
     grid = []
     for threshold in THRESHOLDS:
         for min_volume in MIN_VOLUMES_MM3:

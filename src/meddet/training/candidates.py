@@ -23,6 +23,7 @@ from meddet.detection.crops import crops_around
 from meddet.detection.lesions import extract_lesions
 from meddet.detection.rescorer import MAX_CANDIDATES
 from meddet.evaluation.froc import hit_radius
+from meddet.inference.export import case_truth
 from meddet.inference.predictor import LoadedModel, predict_probability
 from meddet.io import read_volume
 from meddet.planning.dataset import Case
@@ -33,13 +34,6 @@ CANDIDATE_THRESHOLDS = (0.05, 0.1, 0.2)
 NEGATIVES_PER_CASE = 30
 DENSE_HU = -400.0  # lung tissue denser than this is a vessel, wall or nodule, not air
 NEGATIVE_CLEARANCE_MM = 10.0  # a negative cube's centre lies at least this far outside every nodule
-
-
-def truth_lesions(case: Case, root: Path) -> list[dict]:
-    """A case's nodules: the phantom's lesion list, or the label map's components."""
-    from meddet.inference.export import _truth  # one place knows where truth lives
-
-    return _truth(case.name, case.label, root)
 
 
 def hit_diameters(centres_lps: np.ndarray, truth: list[dict]) -> np.ndarray:
@@ -121,7 +115,7 @@ def collect_dataset(model: LoadedModel, cases: list[Case], root: Path, out: Path
     for k, case in enumerate(cases):
         path = out / f"{case.name}.npz"
         if not path.is_file():
-            arrays = collect_case(model, case, truth_lesions(case, root))
+            arrays = collect_case(model, case, case_truth(case.name, case.label, root))
             partial = path.with_suffix(".tmp.npz")
             np.savez(partial, **arrays)
             partial.rename(path)

@@ -20,8 +20,10 @@ from meddet.detection.rescorer import COMBINATIONS, INPUT_VOXELS, build_classifi
 from meddet.errors import MeddetInputError
 from meddet.evaluation.froc import froc
 from meddet.inference.export import CPM_TOLERANCE, THRESHOLDS
-from meddet.training.candidates import CANDIDATE_THRESHOLDS
-from meddet.training.trainer import poly_lr
+from meddet.inference.predictor import load_model
+from meddet.planning.dataset import load_dataset
+from meddet.training.candidates import CANDIDATE_THRESHOLDS, collect_dataset
+from meddet.training.trainer import poly_lr, split_cases
 
 TRAINING_THRESHOLD = CANDIDATE_THRESHOLDS[0]  # the most candidates: every false positive the others have, and more
 POSITIVE_FRACTION = 0.5
@@ -164,11 +166,6 @@ def train_rescorer(model_path: Path, out: Path, dataset_root: Path | None = None
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Collect ``model_path``'s candidates on the dataset (default: the one its plan names; its fixed or seeded
     split), train the classifier on the training cases', calibrate on the validation cases', write ``out``."""
-    from meddet.inference.predictor import load_model
-    from meddet.planning.dataset import load_dataset
-    from meddet.training.candidates import collect_dataset
-    from meddet.training.trainer import split_cases
-
     model = load_model(model_path)
     if model.rescorer is not None:
         raise MeddetInputError("This model already has a second stage; give the first-stage model file.", model_path)
