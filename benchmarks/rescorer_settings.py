@@ -1,12 +1,14 @@
 """Every second-stage setting of a two-stage model, scored on a phantom set's cached candidates.
 
-Usage:  python benchmarks/rescorer_settings.py MODEL DATASET CACHE
+Usage:  python benchmarks/rescorer_settings.py MODEL DATASET CACHE [--candidate-thresholds 0.01,0.02,0.05]
 
 Runs the model's first stage once per case of DATASET (its own mirroring; cases already in CACHE are kept), then,
 for each candidate threshold × score combination × final threshold, prints the CPM, the FROC points and the
 ≥ 6 mm CPM and sensitivity at 1 FP/scan, and the model's own calibrated setting last. This is how a second stage
 is judged on development phantoms (never its training or validation cases) before the full `meddet predict` path
-is run: one sliding window per scan instead of one per setting.
+is run: one sliding window per scan instead of one per setting. ``--candidate-thresholds`` tries others than the
+ones `meddet train-rescorer` calibrates over (use a fresh CACHE for them); each line also says how many nodules have
+a candidate at all, the ceiling no re-scoring can pass.
 """
 
 from __future__ import annotations
@@ -29,13 +31,15 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("dataset", type=Path)
     parser.add_argument("cache", type=Path)
+    parser.add_argument("--candidate-thresholds", default=",".join(f"{t:g}" for t in CANDIDATE_THRESHOLDS))
     args = parser.parse_args()
+    candidate_thresholds = tuple(float(t) for t in args.candidate_thresholds.split(","))
     model = load_model(args.model)
     if model.rescorer is None:
         parser.error("the model has no second stage (make one with `meddet train-rescorer`)")
     dataset = load_dataset(args.dataset)
-    paths = collect_dataset(model, dataset.cases, dataset.root, args.cache)
-    cases = [scored_candidates(path, model.rescorer.network) for path in paths]
+    paths = collect_dataset(model, dataset.cases, dataset.root, args.cache, thresholds=candidate_thresholds)
+    cases = [scored_candidates(path, model.rescorer.network, candidate_thresholds) for path in paths]
 
     def score(candidate_threshold: float, how: str, threshold: float, min_diameter: float = 0.0) -> dict:
         pairs = []
@@ -53,11 +57,18 @@ def main() -> None:
                 f"[{points}]  >= 6 mm: CPM {large['cpm']:.3f}, at 1 FP/scan {large['sensitivity'][3]:.3f}")
 
     print(f"{len(cases)} scans, {sum(len(c['truth']) for c in cases)} nodules")
-    for candidate_threshold in CANDIDATE_THRESHOLDS:
+    for candidate_threshold in candidate_thresholds:
+        covered = score(candidate_threshold, "first", 0.0)
+        found = round(max(covered["curve"]["sensitivity"]) * covered["num_nodules"])
+        print(f"candidates {candidate_threshold:g}: {covered['num_predictions'] / len(cases):.1f} per scan; "
+              f"nodules with a candidate: {found} of {covered['num_nodules']}")
+    for candidate_threshold in candidate_thresholds:
         for how in COMBINATIONS:
             for threshold in FINAL_THRESHOLDS:
                 print(line(candidate_threshold, how, threshold))
     rescorer = model.rescorer
+    if rescorer.candidate_threshold not in candidate_thresholds:
+        return
     print("model's setting:", line(rescorer.candidate_threshold, rescorer.combination, model.postprocessing["threshold"]))
 
 

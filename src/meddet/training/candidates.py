@@ -106,8 +106,10 @@ def negative_arrays(volume: Volume, truth: list[dict], case_name: str) -> dict[s
     return {"negative_centres": centres, "negative_crops": np.round(crops_around(volume, centres)).astype(np.int16)}
 
 
-def collect_dataset(model: LoadedModel, cases: list[Case], root: Path, out: Path, log=print) -> list[Path]:
-    """``out/<case>.npz`` for every case (cases already there are kept: the collection resumes)."""
+def collect_dataset(model: LoadedModel, cases: list[Case], root: Path, out: Path, log=print,
+                    thresholds: tuple[float, ...] = CANDIDATE_THRESHOLDS) -> list[Path]:
+    """``out/<case>.npz`` for every case, candidates at ``thresholds`` (cases already there are kept: the collection
+    resumes)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "source.json").write_text(json.dumps({"model": model.name, "version": model.version,
                                                  "mirroring": model.mirroring, "dataset": str(root)}, indent=1))
@@ -115,11 +117,11 @@ def collect_dataset(model: LoadedModel, cases: list[Case], root: Path, out: Path
     for k, case in enumerate(cases):
         path = out / f"{case.name}.npz"
         if not path.is_file():
-            arrays = collect_case(model, case, case_truth(case.name, case.label, root))
+            arrays = collect_case(model, case, case_truth(case.name, case.label, root), thresholds)
             partial = path.with_suffix(".tmp.npz")
             np.savez(partial, **arrays)
             partial.rename(path)
             log(f"[{k + 1}/{len(cases)}] {case.name}: "
-                + ", ".join(f"{t:g}: {len(arrays[f't{t:g}_scores'])}" for t in CANDIDATE_THRESHOLDS))
+                + ", ".join(f"{t:g}: {len(arrays[f't{t:g}_scores'])}" for t in thresholds))
         paths.append(path)
     return paths

@@ -99,13 +99,14 @@ def train_classifier(cubes: np.ndarray, labels: np.ndarray, candidate_fp: np.nda
     return network
 
 
-def scored_candidates(path: Path, network: torch.nn.Module) -> dict[str, Any]:
+def scored_candidates(path: Path, network: torch.nn.Module,
+                      thresholds: tuple[float, ...] = CANDIDATE_THRESHOLDS) -> dict[str, Any]:
     """A cached case's truth and, per candidate threshold, its candidates' centres, first-stage scores and
     classifier probabilities: everything a setting's FROC needs, without the sliding window."""
     with np.load(path) as data:
         case = {"truth": [{"center_mm": c.tolist(), "diameter_mm": float(d)}
                           for c, d in zip(data["truth_centres"], data["truth_mm"])]}
-        for threshold in CANDIDATE_THRESHOLDS:
+        for threshold in thresholds:
             key = f"t{threshold:g}_"
             case[threshold] = (data[key + "centres"], data[key + "scores"], classify(network, data[key + "crops"]))
     return case
