@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from meddet.detection.rescorer import COMBINATIONS, combine
-from meddet.evaluation.froc import froc
+from meddet.detection.rescorer import COMBINATIONS
 from meddet.inference.predictor import load_model
 from meddet.planning.dataset import load_dataset
 from meddet.training.candidates import CANDIDATE_THRESHOLDS, collect_dataset
-from meddet.training.rescorer import scored_candidates
+from meddet.training.rescorer import scored_candidates, setting_froc
 
 FINAL_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
@@ -41,24 +40,15 @@ def main() -> None:
     paths = collect_dataset(model, dataset.cases, dataset.root, args.cache, thresholds=candidate_thresholds)
     cases = [scored_candidates(path, model.rescorer.network, candidate_thresholds) for path in paths]
 
-    def score(candidate_threshold: float, how: str, threshold: float, min_diameter: float = 0.0) -> dict:
-        pairs = []
-        for case in cases:
-            centres, first, second = case[candidate_threshold]
-            final = combine(first, second, how)
-            pairs.append(([{"center_mm": c.tolist(), "score": float(s)} for c, s in zip(centres, final) if s >= threshold],
-                          case["truth"]))
-        return froc(pairs, bootstrap=0, min_diameter_mm=min_diameter)
-
     def line(candidate_threshold: float, how: str, threshold: float) -> str:
-        every, large = score(candidate_threshold, how, threshold), score(candidate_threshold, how, threshold, 6.0)
+        every, large = setting_froc(cases, candidate_threshold, how, threshold), setting_froc(cases, candidate_threshold, how, threshold, 6.0)
         points = ", ".join(f"{v:.3f}" for v in every["sensitivity"])
         return (f"candidates {candidate_threshold:<4g} {how:<9} threshold {threshold:<4g} CPM {every['cpm']:.3f} "
                 f"[{points}]  >= 6 mm: CPM {large['cpm']:.3f}, at 1 FP/scan {large['sensitivity'][3]:.3f}")
 
     print(f"{len(cases)} scans, {sum(len(c['truth']) for c in cases)} nodules")
     for candidate_threshold in candidate_thresholds:
-        covered = score(candidate_threshold, "first", 0.0)
+        covered = setting_froc(cases, candidate_threshold, "first", 0.0)
         found = round(max(covered["curve"]["sensitivity"]) * covered["num_nodules"])
         print(f"candidates {candidate_threshold:g}: {covered['num_predictions'] / len(cases):.1f} per scan; "
               f"nodules with a candidate: {found} of {covered['num_nodules']}")

@@ -112,20 +112,29 @@ def scored_candidates(path: Path, network: torch.nn.Module,
     return case
 
 
+def setting_froc(cases: list[dict[str, Any]], candidate_threshold: float, how: str, threshold: float,
+                 min_diameter_mm: float = 0.0) -> dict[str, Any]:
+    """FROC of one second-stage setting over ``scored_candidates`` cases: candidates at ``candidate_threshold``,
+    scores combined ``how``, those under ``threshold`` dropped."""
+    pairs = []
+    for case in cases:
+        centres, first, second = case[candidate_threshold]
+        final = combine(first, second, how)
+        pairs.append(([{"center_mm": c.tolist(), "score": float(v)} for c, v in zip(centres, final) if v >= threshold],
+                      case["truth"]))
+    return froc(pairs, bootstrap=0, min_diameter_mm=min_diameter_mm)
+
+
 def calibrate_rescorer(network: torch.nn.Module, paths: list[Path]) -> dict[str, Any]:
     """CPM of every candidate threshold × combination × final threshold on the validation cases; the choice."""
     cases = [scored_candidates(path, network) for path in paths]
     grid = []
     for candidate_threshold in CANDIDATE_THRESHOLDS:
         for how in COMBINATIONS:
-            scored = [(case[candidate_threshold][0], combine(case[candidate_threshold][1], case[candidate_threshold][2], how),
-                       case["truth"]) for case in cases]
             for threshold in sorted({*THRESHOLDS, 0.0}):
                 if how == "first" and threshold < candidate_threshold:
                     continue  # the same as at the candidate threshold
-                pairs = [([{"center_mm": c.tolist(), "score": float(s)} for c, s in zip(centres, scores) if s >= threshold],
-                          truth) for centres, scores, truth in scored]
-                result = froc(pairs, bootstrap=0)
+                result = setting_froc(cases, candidate_threshold, how, threshold)
                 grid.append({"candidate_threshold": candidate_threshold, "combination": how, "threshold": threshold,
                              "cpm": result["cpm"], "sensitivity_at_1fp": result["sensitivity"][3]})
     return {"best": choose_rescorer_setting(grid), "grid": grid, "validation_cases": [p.stem for p in paths]}
