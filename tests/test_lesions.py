@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from meddet.detection.lesions import extract_lesions, lesions_from_label_map
+from meddet.detection.lesions import extract_lesions, lesions_from_label_map, refine_outlines
 from meddet.volume import Volume
 
 
@@ -121,3 +121,28 @@ def test_lesions_from_instance_and_binary_maps():
     assert len(lesions_from_label_map(Volume(split), binary=False)) == 1
     assert len(lesions_from_label_map(Volume(split), binary=True)) == 2
     assert lesions_from_label_map(Volume(np.zeros((4, 4, 4), np.uint8))) == []
+
+
+def test_refined_outlines_shrink_low_level_components_to_the_network_boundary():
+    """Two blurred balls taken at 0.05: the strong one (peak 0.9) is redrawn at the level, the faint one (peak 0.3)
+    at half its peak; sizes and centres are measured again, scores and other keys kept."""
+    shape, spacing = (40, 40, 80), (1.0, 1.0, 1.0)
+    zz, yy, xx = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
+    strong = 0.9 / (1 + np.exp((np.sqrt((zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2) - 6.0) / 1.0))
+    faint = 0.3 / (1 + np.exp((np.sqrt((zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 60) ** 2) - 4.0) / 1.0))
+    probability = Volume((strong + faint).astype(np.float32), spacing=spacing)
+    lesions, instances = extract_lesions(probability, 0.05)
+    for lesion in lesions:
+        lesion["candidate_score"], lesion["score"] = lesion["score"], 0.5 + lesion["id"] / 10  # as a two-stage model
+    refined, labels = refine_outlines([dict(lesion) for lesion in lesions], instances, probability, level=0.3)
+    by_x = sorted(refined, key=lambda lesion: lesion["center_mm"][0])
+    before = sorted(lesions, key=lambda lesion: lesion["center_mm"][0])
+    assert [lesion["score"] for lesion in by_x] == [lesion["score"] for lesion in before]
+    # the strong ball at 0.3 of its 0.9 plateau: radius 6 + ln(2) mm; the faint one at 0.15: radius 4 mm
+    assert by_x[0]["diameter_mm"] == pytest.approx(2 * (6 + np.log(2)), rel=0.05)
+    assert by_x[1]["diameter_mm"] == pytest.approx(8.0, rel=0.08)
+    for old, new in zip(before, by_x):
+        assert new["diameter_mm"] < old["diameter_mm"] and new["voxels"] == (labels.array == new["id"]).sum()
+        np.testing.assert_allclose(new["center_mm"], old["center_mm"], atol=0.1)
+    assert set(np.unique(labels.array).tolist()) == {0, 1, 2}
+    assert np.all(np.asarray(labels.array)[np.asarray(instances.array) == 0] == 0)  # only ever shrinks

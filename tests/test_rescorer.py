@@ -109,9 +109,23 @@ def test_train_rescorer_end_to_end(tmp_path):
     model = load_model(tmp_path / "two.pt")
     assert model.rescorer is not None and model.rescorer.combination == best["combination"]
     result = predict_scan(model, tmp_path / "data" / "imagesTr" / "case0_0000.nii.gz", tmp_path / "pred")
-    assert result["schema_version"] == "1.2" and result["model"]["rescorer"]["combination"] == best["combination"]
+    assert result["schema_version"] == "1.3" and result["model"]["rescorer"]["combination"] == best["combination"]
     for lesion in result["lesions"]:
         assert {"candidate_score", "classifier_score"} <= set(lesion) and lesion["score"] >= best["threshold"]
+    assert result["model"]["outline_threshold"] is None
+    # the same model with an outline level: the same findings (scores), outlines inside the candidate regions
+    state["postprocessing"]["outline_threshold"] = 0.5
+    torch.save(state, tmp_path / "outlined.pt")
+    outlined = predict_scan(load_model(tmp_path / "outlined.pt"), tmp_path / "data" / "imagesTr" / "case0_0000.nii.gz",
+                            tmp_path / "pred-outlined")
+    assert outlined["model"]["outline_threshold"] == 0.5 and outlined["lesions"]
+    assert [l["score"] for l in outlined["lesions"]] == [l["score"] for l in result["lesions"]]
+    assert all(a["volume_ml"] <= b["volume_ml"] for a, b in zip(outlined["lesions"], result["lesions"]))
+    from meddet.io import read_volume
+
+    wide = np.asarray(read_volume(tmp_path / "pred" / "mask.nii.gz").array) > 0
+    narrow = np.asarray(read_volume(tmp_path / "pred-outlined" / "mask.nii.gz").array) > 0
+    assert not (narrow & ~wide).any() and narrow.sum() < wide.sum()
     from meddet.errors import MeddetInputError
 
     with pytest.raises(MeddetInputError, match="already has a second stage"):
@@ -168,3 +182,14 @@ def test_bundled_model_carries_its_calibrated_second_stage():
     assert model.rescorer is not None and calibration["best"] == best
     assert (model.rescorer.candidate_threshold, model.rescorer.combination, model.postprocessing["threshold"]) == (
         best["candidate_threshold"], best["combination"], best["threshold"])
+
+
+def test_bundled_model_outline_level_is_the_one_its_record_chose():
+    """The shipped outline level is the best of the development measurements stored with it (benchmarks/outline_levels.py)."""
+    from meddet.inference.models import resolve_model
+    from meddet.inference.predictor import load_model
+
+    path = resolve_model(None)
+    record = torch.load(path, map_location="cpu", weights_only=False)["provenance"]["outline"]
+    best = max(record["mean_dice"], key=record["mean_dice"].get)
+    assert load_model(path).postprocessing["outline_threshold"] == float(best)

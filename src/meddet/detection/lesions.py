@@ -114,6 +114,40 @@ def extract_lesions(
     return lesions, probability.with_array(labels)
 
 
+def refine_outlines(lesions: list[dict], instances: Volume, probability: Volume, level: float) -> tuple[list[dict], Volume]:
+    """Each lesion's outline redrawn inside its region at probability ``min(level, peak / 2)`` (peak: the first
+    stage's highest probability in the region), and its centre, size and box measured again on the new outline;
+    every other key, the score included, is kept.
+
+    Why: a two-stage model takes its candidates as components at a low probability (0.05 for the bundled model) so
+    that faint nodules get a candidate, and such a component is about a voxel wider than the nodule all round: on the
+    development phantoms that made the reported diameter 1.2 mm too large in the median, enough to cross a Lung-RADS
+    size boundary. ``level`` (chosen on development data) is where the network's outlines agree best with the truth;
+    a candidate whose peak is under ``2 × level`` is outlined at half its peak instead, so no lesion loses its voxels.
+    A region that splits keeps one id: it is still one finding. Only the labelled voxels are touched (no full-size
+    float copy of a 10⁸-voxel scan).
+    """
+    if not lesions:
+        return lesions, instances
+    labels = np.asarray(instances.array)
+    n = int(labels.max())
+    peak = np.zeros(n + 1)
+    for lesion in lesions:
+        peak[lesion["id"]] = lesion.get("candidate_score", lesion["score"])
+    cutoff = np.minimum(level, peak / 2.0)
+    flat = np.flatnonzero(labels)
+    below = np.asarray(probability.array).reshape(-1)[flat] < cutoff[labels.reshape(-1)[flat]]
+    refined = labels.copy()
+    refined.reshape(-1)[flat[below]] = 0
+    geometry = {lesion["id"]: lesion for lesion in _measure(refined, n, instances, None)}
+    out = []
+    for lesion in lesions:
+        new = geometry.get(lesion["id"])
+        out.append({**lesion, **{k: new[k] for k in ("center_mm", "diameter_mm", "volume_ml", "bbox_mm", "voxels")}}
+                   if new is not None else lesion)
+    return out, instances.with_array(refined)
+
+
 def lesions_from_label_map(labels: Volume, connectivity: int = 26, binary: bool | None = None) -> list[dict]:
     """Ground-truth lesions (score 1) from a label map, measured exactly like predictions.
 

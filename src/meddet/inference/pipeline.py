@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meddet.detection.lesions import extract_lesions
+from meddet.detection.lesions import extract_lesions, refine_outlines
 from meddet.errors import MeddetInputError
 from meddet.inference.predictor import LoadedModel, predict_probability
 from meddet.io import read_volume, write_volume
 from meddet.io.itk_formats import has_itk_suffix
 from meddet.volume import Volume
 
-SCHEMA_VERSION = "1.2"  # 1.1 added model.mirroring; 1.2 the two stages' scores and model.rescorer
+SCHEMA_VERSION = "1.3"  # 1.1 added model.mirroring; 1.2 the two stages' scores and model.rescorer; 1.3 outline_threshold
 LESION_KEYS = ("id", "center_mm", "diameter_mm", "volume_ml", "score", "bbox_mm", "candidate_score", "classifier_score")
 
 
@@ -51,12 +51,17 @@ def _is_dicom(volume: Volume) -> bool:
 
 def detect_lesions(model: LoadedModel, probability: Volume, volume: Volume) -> tuple[list[dict], Volume]:
     """Lesions and their instance map: the probability's components at the model's threshold, or, for a model with
-    a second stage, its candidates re-scored by the classifier and kept at the model's threshold on the final score."""
+    a second stage, its candidates re-scored by the classifier and kept at the model's threshold on the final score;
+    outlines redrawn at the model's ``outline_threshold`` when it has one (``refine_outlines`` says why)."""
+    post = model.postprocessing
     if model.rescorer is None:
-        return extract_lesions(probability, **model.postprocessing)
-    candidates, instances = extract_lesions(
-        probability, model.rescorer.candidate_threshold, model.postprocessing["min_volume_mm3"])
-    return model.rescorer.rescore(candidates, instances, volume, model.postprocessing["threshold"])
+        lesions, instances = extract_lesions(probability, post["threshold"], post["min_volume_mm3"])
+    else:
+        candidates, instances = extract_lesions(probability, model.rescorer.candidate_threshold, post["min_volume_mm3"])
+        lesions, instances = model.rescorer.rescore(candidates, instances, volume, post["threshold"])
+    if post.get("outline_threshold") is not None:
+        lesions, instances = refine_outlines(lesions, instances, probability, float(post["outline_threshold"]))
+    return lesions, instances
 
 
 def predict_scan(
@@ -108,8 +113,9 @@ def predict_scan(
             "origin": list(volume.origin), "direction": volume.direction.round(6).tolist(),
             "series_uid": volume.metadata.get("series_uid"), "warnings": volume.warnings,
         },
-        "model": {"name": model.name, "version": model.version, **model.postprocessing, "tta": mirroring != "none",
-                  "mirroring": mirroring, "precision": model.precision, "rescorer": _rescorer_summary(model)},
+        "model": {"name": model.name, "version": model.version, "outline_threshold": None, **model.postprocessing,
+                  "tta": mirroring != "none", "mirroring": mirroring, "precision": model.precision,
+                  "rescorer": _rescorer_summary(model)},
         "outputs": outputs,
         "timing_s": {k: round(v, 3) for k, v in timing.items()},
     }
