@@ -1,6 +1,7 @@
 """Latency of `meddet predict` on a full-size phantom chest CT, against MONAI's plain sliding window.
 
 Usage:  python benchmarks/predict_latency.py [--model PATH] [--repeats 3] [--seed 31337 | --series DICOM_DIR]
+                                            [--precision bf16|fp32]
 
 Generates one full-size (512×512) phantom as a DICOM series (a seed never used in training), or takes the DICOM
 series ``--series`` (e.g. a ~250-slice held-out phantom), then, in this one process and with the same weights:
@@ -8,7 +9,9 @@ series ``--series`` (e.g. a ~250-slice held-out phantom), then, in this one proc
     with the model's own test-time mirroring (the bundled model: 2 passes) and, for comparison, one pass (--no-tta);
   * baseline: MONAI `sliding_window_inference` with its defaults (sw_batch_size 1, overlap 0.25, constant blending)
     over the whole resampled, normalised scan (no lung crop), the same patch size.
-Prints medians, the ratio baseline ÷ meddet for the network part, and the peak resident memory. The process keeps
+``--precision`` overrides meddet's (as `meddet predict --precision` does): whether bf16 autocast is faster than
+float32 depends on the CPU, not only on its bf16 flag, so time both on a new machine. Prints medians, the ratio
+baseline ÷ meddet for the network part, and the peak resident memory. The process keeps
 freed memory (``meddet.runtime``) as the CLI does.
 """
 
@@ -30,6 +33,7 @@ from meddet.inference.pipeline import predict_scan
 from meddet.inference.predictor import load_model
 from meddet.io import read_volume
 from meddet.phantom import generate_dataset
+from meddet.precision import PRECISIONS
 from meddet.preprocess.prepare import prepare_case
 from meddet.runtime import keep_freed_memory
 
@@ -40,9 +44,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=31337)
     parser.add_argument("--series", type=Path, default=None, help="time this DICOM series instead of a generated one")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None, help="default: the model's own, where native")
     args = parser.parse_args()
     keep_freed_memory()  # as the `meddet` CLI does; both the baseline and meddet run under it
-    model = load_model(resolve_model(args.model))
+    model = load_model(resolve_model(args.model), args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         if args.series is None:
             series = generate_dataset(Path(tmp) / "data", n=1, seed=args.seed, small=False) / "dicom" / "phantom_0000"
