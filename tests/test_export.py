@@ -29,7 +29,9 @@ def test_export_model_calibrates_on_validation_cases_and_loads_back(tmp_path):
     assert calibration["validation_cases"] and "optimizer" not in exported
     best = calibration["best"]
     assert best in calibration["grid"] and best["cpm"] >= max(g["cpm"] for g in calibration["grid"]) - CPM_TOLERANCE
-    assert exported["postprocessing"] == {k: best[k] for k in ("threshold", "min_volume_mm3")}
+    # a one-stage export keeps the outlines it finds (no outline_threshold: meddet.detection.lesions.refine_outlines)
+    assert exported["postprocessing"] == {"threshold": best["threshold"], "min_volume_mm3": best["min_volume_mm3"],
+                                          "outline_threshold": None}
     assert calibration["mirroring"] == "x"  # the threshold is calibrated with the mirroring the model will run with
     loaded = load_model(tmp_path / "model.pt")
     assert loaded.postprocessing == exported["postprocessing"] and loaded.mirroring == "x"

@@ -86,7 +86,7 @@ def export_model(
         "model": state["model"],
         "plan": state["plan"],
         "inference": {"mirroring": mirroring},
-        "postprocessing": {"threshold": best["threshold"], "min_volume_mm3": best["min_volume_mm3"]},
+        "postprocessing": {"threshold": best["threshold"], "min_volume_mm3": best["min_volume_mm3"], "outline_threshold": None},
         "provenance": {"source_checkpoint": checkpoint.name, "iteration": state["iteration"],
                        "best_val_dice": state["best_metric"], "calibration": calibration},
     }

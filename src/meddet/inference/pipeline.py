@@ -59,7 +59,7 @@ def detect_lesions(model: LoadedModel, probability: Volume, volume: Volume) -> t
     else:
         candidates, instances = extract_lesions(probability, model.rescorer.candidate_threshold, post["min_volume_mm3"])
         lesions, instances = model.rescorer.rescore(candidates, instances, volume, post["threshold"])
-    if post.get("outline_threshold") is not None:
+    if post["outline_threshold"] is not None:
         lesions, instances = refine_outlines(lesions, instances, probability, float(post["outline_threshold"]))
     return lesions, instances
 
@@ -113,7 +113,7 @@ def predict_scan(
             "origin": list(volume.origin), "direction": volume.direction.round(6).tolist(),
             "series_uid": volume.metadata.get("series_uid"), "warnings": volume.warnings,
         },
-        "model": {"name": model.name, "version": model.version, "outline_threshold": None, **model.postprocessing,
+        "model": {"name": model.name, "version": model.version, **model.postprocessing,
                   "tta": mirroring != "none", "mirroring": mirroring, "precision": model.precision,
                   "rescorer": _rescorer_summary(model)},
         "outputs": outputs,

@@ -35,7 +35,8 @@ from meddet.preprocess.prepare import PreparedCase, prepare_case
 from meddet.preprocess.resample import resample_like
 from meddet.volume import Volume
 
-DEFAULT_POSTPROCESSING = {"threshold": 0.5, "min_volume_mm3": 10.0}
+# outline_threshold None: lesions keep the outline they were found with (meddet.detection.lesions.refine_outlines)
+DEFAULT_POSTPROCESSING: dict[str, float | None] = {"threshold": 0.5, "min_volume_mm3": 10.0, "outline_threshold": None}
 # A mirroring names the array axes (x columns, y rows, z slices: left-right, front-back, head-foot in an axial scan)
 # whose mirror images are averaged with the scan: "z" = the scan and its slice-order mirror (2 passes), "xyz" = all 8
 # combinations (nnU-Net's test-time mirroring), "none" = one pass.
@@ -65,7 +66,7 @@ class LoadedModel:
     plan: dict[str, Any]
     name: str
     version: str
-    postprocessing: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_POSTPROCESSING))
+    postprocessing: dict[str, float | None] = field(default_factory=lambda: dict(DEFAULT_POSTPROCESSING))
     precision: str = "fp32"  # what the convolutions run in here (meddet.precision)
     mirroring: str = "none"  # the test-time mirroring the threshold was calibrated with (MIRRORINGS)
     rescorer: Rescorer | None = None  # the second stage, when the model file has one (meddet.detection.rescorer)

@@ -163,7 +163,7 @@ def rescored_model_state(first_stage: dict[str, Any], network: torch.nn.Module, 
     return {
         **first_stage,
         "version": version,
-        "postprocessing": {"threshold": best["threshold"], "min_volume_mm3": 0.0},
+        "postprocessing": {"threshold": best["threshold"], "min_volume_mm3": 0.0, "outline_threshold": None},
         "rescorer": {"model": network.state_dict(), "combination": best["combination"],
                      "candidate_threshold": best["candidate_threshold"]},
         "provenance": {**first_stage.get("provenance", {}),
