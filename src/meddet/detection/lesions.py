@@ -49,7 +49,8 @@ def _measure(instances: np.ndarray, n: int, volume: Volume, score_map: np.ndarra
     scores = np.ones(n + 1)
     if score_map is not None:
         scores = np.full(n + 1, -np.inf)
-        np.maximum.at(scores, ids, np.asarray(score_map, dtype=np.float64).ravel()[flat_index])
+        # index first, then widen: float64 of the whole map would be a 0.5 GB copy for a 512² × 240 scan
+        np.maximum.at(scores, ids, np.asarray(score_map).ravel()[flat_index].astype(np.float64))
     low = np.full((n + 1, 3), np.inf)
     high = np.full((n + 1, 3), -np.inf)
     np.minimum.at(low, ids, zyx)
