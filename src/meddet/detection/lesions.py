@@ -140,13 +140,10 @@ def refine_outlines(lesions: list[dict], instances: Volume, probability: Volume,
     below = np.asarray(probability.array).reshape(-1)[flat] < cutoff[labels.reshape(-1)[flat]]
     refined = labels.copy()
     refined.reshape(-1)[flat[below]] = 0
+    # every lesion keeps at least its peak voxel (the cutoff is at most half the peak), so each is measured again
     geometry = {lesion["id"]: lesion for lesion in _measure(refined, n, instances, None)}
-    out = []
-    for lesion in lesions:
-        new = geometry.get(lesion["id"])
-        out.append({**lesion, **{k: new[k] for k in ("center_mm", "diameter_mm", "volume_ml", "bbox_mm", "voxels")}}
-                   if new is not None else lesion)
-    return out, instances.with_array(refined)
+    keys = ("center_mm", "diameter_mm", "volume_ml", "bbox_mm", "voxels")
+    return [{**lesion, **{k: geometry[lesion["id"]][k] for k in keys}} for lesion in lesions], instances.with_array(refined)
 
 
 def lesions_from_label_map(labels: Volume, connectivity: int = 26, binary: bool | None = None) -> list[dict]:
