@@ -149,6 +149,25 @@ def test_lung_and_body_masks_on_a_toy_chest():
     assert box[2].start > 5 and box[1].start > 10  # smaller than the image: outside air cropped
 
 
+def test_lung_box_of_a_thin_slice_scan_covers_the_full_resolution_lungs():
+    """0.8 mm slices, 128² pixels: the box comes from every third slice and every second pixel, yet it contains the
+    full-resolution lung mask's box with its margin, and is at most one coarse block larger on each side."""
+    shape, spacing = (90, 128, 144), (1.2, 1.2, 0.8)
+    zz, yy, xx = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
+    image = np.full(shape, -1000.0)
+    image[((yy - 64) / 56) ** 2 + ((xx - 72) / 64) ** 2 < 1] = 40
+    for cx in (46, 98):
+        image[((yy - 64) / 36) ** 2 + ((xx - cx) / 20) ** 2 + ((zz - 47) / 30) ** 2 < 1] = -850
+    vol = Volume(image.astype(np.int16), spacing=spacing)
+    box = lung_bounding_box(vol, margin_mm=3)
+    full = bounding_box(lung_mask(vol), (4, 3, 3))  # 3 mm: 4 slices of 0.8 mm, 3 pixels of 1.2 mm
+    assert box is not None and full is not None
+    for coarse, exact, block in zip(box, full, (3, 2, 2)):
+        assert coarse.start <= exact.start and coarse.stop >= exact.stop
+        assert exact.start - coarse.start <= 2 * block and coarse.stop - exact.stop <= 2 * block
+    assert box[0].start > 0 and box[0].stop < shape[0]  # the slices above and below the lungs are cropped
+
+
 def test_crop_keeps_world_positions():
     vol = _toy_chest()
     box = (slice(3, 20), slice(10, 80), slice(7, 100))
