@@ -19,7 +19,7 @@ import torch
 
 from meddet.detection.lesions import extract_lesions, lesions_from_label_map
 from meddet.evaluation.froc import froc
-from meddet.inference.predictor import check_mirroring, load_model, predict_probability
+from meddet.inference.predictor import DEFAULT_POSTPROCESSING, check_mirroring, load_model, predict_probability
 from meddet.io import read_volume
 from meddet.planning.dataset import load_dataset
 from meddet.training.trainer import split_cases
@@ -86,7 +86,7 @@ def export_model(
         "model": state["model"],
         "plan": state["plan"],
         "inference": {"mirroring": mirroring},
-        "postprocessing": {"threshold": best["threshold"], "min_volume_mm3": best["min_volume_mm3"], "outline_threshold": None},
+        "postprocessing": {**DEFAULT_POSTPROCESSING, "threshold": best["threshold"], "min_volume_mm3": best["min_volume_mm3"]},
         "provenance": {"source_checkpoint": checkpoint.name, "iteration": state["iteration"],
                        "best_val_dice": state["best_metric"], "calibration": calibration},
     }

@@ -20,7 +20,7 @@ from meddet.detection.rescorer import COMBINATIONS, INPUT_VOXELS, build_classifi
 from meddet.errors import MeddetInputError
 from meddet.evaluation.froc import froc
 from meddet.inference.export import CPM_TOLERANCE, THRESHOLDS
-from meddet.inference.predictor import load_model
+from meddet.inference.predictor import DEFAULT_POSTPROCESSING, load_model
 from meddet.planning.dataset import load_dataset
 from meddet.training.candidates import CANDIDATE_THRESHOLDS, collect_dataset
 from meddet.training.trainer import poly_lr, split_cases
@@ -163,7 +163,7 @@ def rescored_model_state(first_stage: dict[str, Any], network: torch.nn.Module, 
     return {
         **first_stage,
         "version": version,
-        "postprocessing": {"threshold": best["threshold"], "min_volume_mm3": 0.0, "outline_threshold": None},
+        "postprocessing": {**DEFAULT_POSTPROCESSING, "threshold": best["threshold"], "min_volume_mm3": 0.0},
         "rescorer": {"model": network.state_dict(), "combination": best["combination"],
                      "candidate_threshold": best["candidate_threshold"]},
         "provenance": {**first_stage.get("provenance", {}),
