@@ -231,6 +231,33 @@ def test_nothing_pairs_is_a_clear_input_error(tmp_path):
     assert bad.returncode == 2 and "No prediction matched" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize("where, content, expected", [
+    ("truth", {"lesions": [{"centre": [1, 2, 3], "diameter_mm": 5.0}]}, "no usable 'center_mm'"),
+    ("truth", {"lesions": [{"center_mm": [1, 2], "diameter_mm": 5.0}]}, "no usable 'center_mm'"),
+    ("truth", {"lesions": [{"center_mm": [1, 2, 3], "diameter_mm": "5"}]}, "no usable 'diameter_mm'"),
+    ("truth", {"nodules": []}, "no 'lesions' list"),
+    ("truth", "not json", "not valid JSON"),
+    ("pred", {"lesions": [{"center_mm": [1, 2, 3]}]}, "no usable 'score'"),
+    ("pred", {"lesions": [{"center_mm": [1, 2, float("nan")], "score": 0.5}]}, "no usable 'center_mm'"),
+])
+def test_unusable_lesion_lists_are_clear_input_errors(tmp_path, where, content, expected):
+    # a truth file from another generator, or a hand-edited prediction: the file and the key, not a KeyError
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    (pred / "case1").mkdir(parents=True)
+    (truth / "lesions").mkdir(parents=True)
+    good = {"lesions": [{"center_mm": [1, 2, 3], "diameter_mm": 5.0, "score": 0.5}]}
+    files = {"pred": pred / "case1" / "lesions.json", "truth": truth / "lesions" / "case1.json"}
+    for name, path in files.items():
+        text = content if name == where else good
+        path.write_text(text if isinstance(text, str) else json.dumps(text))
+    with pytest.raises(MeddetInputError) as info:
+        evaluate(pred, truth, bootstrap=0)
+    assert expected in str(info.value) and str(files[where]) in str(info.value)
+    bad = subprocess.run([sys.executable, "-m", "meddet", "evaluate", "--pred", str(pred), "--truth", str(truth)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and expected in bad.stderr.replace("\n", " ") and "Traceback" not in bad.stderr
+
+
 def test_case_names_ending_in_four_digits_pair_with_and_without_a_channel_suffix(tmp_path):
     # phantom cases are called phantom_0000; `meddet predict` on imagesTr/ names the folder phantom_0000_0000,
     # on a DICOM folder phantom_0001: both must pair, and neither may collapse to "phantom"

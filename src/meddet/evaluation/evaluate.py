@@ -112,18 +112,53 @@ def find_truth(truth_dir: Path) -> dict[str, Truth]:
     return cases
 
 
+PREDICTION_KEYS = ("center_mm", "score")  # what scoring reads of each predicted lesion
+TRUTH_KEYS = ("center_mm", "diameter_mm")  # and of each truth nodule
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_lesions_json(path: Path, keys: tuple[str, ...], hint: str) -> dict[str, Any]:
+    """A lesions JSON (prediction or truth) whose ``lesions`` entries each have ``keys`` in usable form.
+
+    Why check every entry here: a truth file from another generator or a hand-edited prediction with a missing or
+    misspelt key would otherwise fail deep in the FROC code as a bare KeyError; the user needs the file, the
+    lesion and the key. ``center_mm`` must be three finite numbers, any other key one finite number.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MeddetInputError(f"This lesions JSON is not valid JSON ({exc}).", path, hint) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("lesions"), list):
+        raise MeddetInputError("This lesions JSON has no 'lesions' list.", path, hint)
+    for index, lesion in enumerate(data["lesions"]):
+        for key in keys:
+            value = lesion.get(key) if isinstance(lesion, dict) else None
+            usable = (isinstance(value, list) and len(value) == 3 and all(_number(v) for v in value)
+                      if key == "center_mm" else _number(value))
+            if not usable:
+                raise MeddetInputError(
+                    f"Lesion {index} of this lesions JSON has no usable '{key}' (got {value!r}); each lesion needs "
+                    f"{' and '.join(keys)}.", path, hint)
+    return data
+
+
 def _read_result(prediction: Prediction) -> dict[str, Any]:
     if prediction.error is not None:
         return {"lesions": [], "timing_s": {}}
-    path = prediction.folder / "lesions.json"
-    try:
-        result = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MeddetInputError(f"This lesions.json is not valid JSON ({exc.msg}, line {exc.lineno}).", path,
-                               "Run `meddet predict` again for this case.") from exc
-    if not isinstance(result, dict) or not isinstance(result.get("lesions"), list):
-        raise MeddetInputError("This lesions.json has no 'lesions' list.", path, "Is it a `meddet predict` output?")
-    return result
+    return read_lesions_json(prediction.folder / "lesions.json", PREDICTION_KEYS,
+                             "Is it a `meddet predict` output? Run `meddet predict` again for this case.")
+
+
+def _read_truth_lesions(truth: Truth) -> list[dict] | None:
+    if truth.lesions_json is None:
+        return None
+    return read_lesions_json(
+        truth.lesions_json, TRUTH_KEYS,
+        "A truth lesion list needs center_mm [x, y, z] (LPS, mm) and diameter_mm per nodule, as `meddet phantom` "
+        "writes; or leave the JSON out and give a label map (TRUTH/instances/<case>.nii.gz).")["lesions"]
 
 
 def _segmentation(prediction: Prediction, result: dict[str, Any], truth_map) -> tuple[float, float] | None:
@@ -186,7 +221,7 @@ def evaluate(
         paired.add(case)
         truth = truth_cases[case]
         result = _read_result(prediction)
-        truth_lesions = json.loads(truth.lesions_json.read_text())["lesions"] if truth.lesions_json else None
+        truth_lesions = _read_truth_lesions(truth)
         row: dict[str, Any] = {"case": case}
         if truth.label_map is not None:
             truth_map = read_volume(truth.label_map)
