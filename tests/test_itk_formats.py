@@ -82,3 +82,19 @@ def test_missing_and_empty_paths(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(MeddetInputError, match="empty"):
         read_volume(empty)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mha"])
+def test_nan_voxels_are_refused(tmp_path, suffix):
+    # ITK's NIfTI reader would turn them into 0 (soft tissue in a CT) without a word; MetaImage keeps them
+    import SimpleITK as sitk
+
+    array = np.full((6, 8, 8), -800.0, np.float32)
+    array[3] = np.nan
+    path = tmp_path / f"nan{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    with pytest.raises(MeddetInputError, match="64 voxel.*not numbers"):
+        read_volume(path)
+    array[3] = -800.0
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    assert float(read_volume(path).array.min()) == -800.0

@@ -49,6 +49,24 @@ def _nifti_is_complete(path: Path) -> bool:
     return total >= needed
 
 
+def _nonfinite_voxels(path: Path, volume: Volume) -> int:
+    """How many voxels of a floating-point file are NaN or infinite (integer files cannot hold them).
+
+    Why NIfTI is counted from the file with nibabel: ITK's NIfTI reader turns them into 0 without a word, and 0 in
+    a CT reads as soft tissue (a NaN slice becomes a wall of it).
+    """
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        image = nib.load(str(path))
+        if not np.issubdtype(image.get_data_dtype(), np.floating):
+            return 0
+        data = np.asanyarray(image.dataobj)
+    else:
+        data = volume.array
+        if not np.issubdtype(data.dtype, np.floating):
+            return 0
+    return int(data.size - np.count_nonzero(np.isfinite(data)))
+
+
 def read_itk_file(path: str | Path, modality: str = "OT") -> Volume:
     """Read a 3D NIfTI/NRRD/MHA file; header first, so an absurd size is refused before allocation."""
     path = Path(path)
@@ -101,6 +119,14 @@ def read_itk_file(path: str | Path, modality: str = "OT") -> Volume:
     if image.GetDimension() == 4:
         image = image[:, :, :, 0]
     volume = Volume.from_sitk(image, modality=modality, metadata={"source_files": [str(path)]})
+    bad = _nonfinite_voxels(path, volume)
+    if bad:
+        raise MeddetInputError(
+            f"{bad} voxel(s) ({100 * bad / volume.array.size:.2g} % of the image) are not numbers (NaN or "
+            "infinite): a scan has a value in every voxel, so the conversion that wrote this file went wrong.",
+            path,
+            "Re-export the scan; if a tool masked a region with NaN, fill it with air (-1024 HU) instead.",
+        )
     if min(volume.spacing) < 0.01 or max(volume.spacing) > 50:
         volume.warnings.append(
             f"Unusual voxel spacing {tuple(round(s, 4) for s in volume.spacing)} mm: check the file's header "
