@@ -11,7 +11,7 @@ import torch
 
 from meddet.inference.pipeline import find_cases
 from meddet.inference.predictor import MIRRORINGS, lesion_probability, load_model, predict_probability
-from meddet.io import read_volume
+from meddet.io import read_volume, write_volume
 from meddet.phantom import generate_dataset
 from meddet.planning.dataset import load_dataset
 from meddet.planning.fingerprint import compute_fingerprint
@@ -134,3 +134,14 @@ def test_bad_model_path_is_a_clear_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "meddet", "predict", str(tmp_path), "-o", str(tmp_path / "o"), "--model", str(bogus)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "not a meddet model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_scan_without_air_is_refused_as_not_ct(phantom_and_model, tmp_path):
+    # an MR image, or a CT stored without its rescale intercept (air at 0): probabilities would be garbage
+    data, checkpoint = phantom_and_model
+    scan = read_volume(data / "imagesTr" / "phantom_0000_0000.nii.gz")
+    write_volume(scan.with_array(np.asarray(scan.array, dtype=np.int16) + 1024), tmp_path / "no_intercept.nii.gz")
+    result = subprocess.run([sys.executable, "-m", "meddet", "predict", str(tmp_path / "no_intercept.nii.gz"), "-o",
+                             str(tmp_path / "o"), "--model", str(checkpoint)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "does not look like a CT" in result.stderr and not (tmp_path / "o" / "lesions.json").exists()

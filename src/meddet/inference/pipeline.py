@@ -64,6 +64,28 @@ def detect_lesions(model: LoadedModel, probability: Volume, volume: Volume) -> t
     return lesions, instances
 
 
+NO_AIR_ABOVE_HU = -500.0  # a CT in HU has air (about -1000) around the body and in the lungs, far below this
+
+
+def check_ct_intensities(model: LoadedModel, volume: Volume, source: Path) -> None:
+    """Refuse a scan a CT model cannot read: no voxel below ``NO_AIR_ABOVE_HU`` means no air at all.
+
+    Why: a model normalised for CT (HU clipped and z-scored) given an MR image, or a CT stored without its rescale
+    intercept (air at 0 instead of -1024), still outputs probabilities, and they are garbage; this is the cheap
+    test that catches both before anything is computed.
+    """
+    if model.plan["normalization"][0]["scheme"] != "ct_clip_zscore":
+        return
+    lowest = float(volume.array.min())
+    if lowest > NO_AIR_ABOVE_HU:
+        raise MeddetInputError(
+            f"This scan does not look like a CT in Hounsfield units: its lowest value is {lowest:g}, and a CT has air "
+            f"at about -1000 HU (model '{model.name}' reads CT).",
+            source,
+            "Give a CT scan; if it is one, its rescale slope/intercept was lost on export (air should read -1000).",
+        )
+
+
 def predict_scan(
     model: LoadedModel, source: Path, out: Path, mirroring: str | None = None, series_uid: str | None = None
 ) -> dict[str, Any]:
@@ -77,6 +99,7 @@ def predict_scan(
             f"Model '{model.name}' needs {len(model.plan['channel_names'])} co-registered channels "
             f"({', '.join(model.plan['channel_names'])}); `meddet predict` takes single-channel models.",
         )
+    check_ct_intensities(model, volume, source)
     timing["load"] = time.perf_counter() - start
     probability, stages = predict_probability(model, [volume], mirroring)
     timing["preprocess"] = stages["preprocess"]
