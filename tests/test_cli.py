@@ -70,3 +70,12 @@ def test_bad_input_gives_message_and_exit_code_2(tmp_path, series, make_bad):
     _no_traceback(result)
     assert "Error:" in result.stderr
     assert "What to do" in result.stderr or "series" in result.stderr.lower()
+
+
+def test_a_file_where_the_output_folder_should_be_is_a_clear_error(tmp_path):
+    in_the_way = tmp_path / "results"
+    in_the_way.write_text("not a folder")
+    result = meddet("phantom", "--out", str(in_the_way), "--n", "1", "--small")
+    _no_traceback(result)
+    assert result.returncode == 2 and "Could not create, write or read this path" in result.stderr
+    assert str(in_the_way) in result.stderr.replace("\n", "") and in_the_way.read_text() == "not a folder"

@@ -1,8 +1,9 @@
 """The ``meddet`` command-line program.
 
 Why a thin layer: every command only parses options and calls a library function, so what the CLI does can be done
-from Python the same way. Bad input (``MeddetInputError``) is printed as a plain message with exit code 2; any other
-exception is a bug and keeps its traceback.
+from Python the same way. Bad input (``MeddetInputError``) is printed as a plain message with exit code 2, and so is
+a file-system refusal (``OSError`` naming a path: a file where an output folder should go, a read-only or full
+disk), which the user fixes, not the code; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -292,4 +293,13 @@ def main() -> None:
         app()
     except MeddetInputError as exc:
         err_console.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(EXIT_INPUT_ERROR)
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        problem = MeddetInputError(
+            f"Could not create, write or read this path: {exc.strerror or exc}.", exc.filename,
+            "Check the path: a file where a folder should be (or the reverse), no permission, or a full disk.",
+        )
+        err_console.print(f"[bold red]Error:[/] {escape(str(problem))}", highlight=False)
         sys.exit(EXIT_INPUT_ERROR)
