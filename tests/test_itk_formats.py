@@ -98,3 +98,20 @@ def test_nan_voxels_are_refused(tmp_path, suffix):
     array[3] = -800.0
     sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
     assert float(read_volume(path).array.min()) == -800.0
+
+
+def test_a_header_without_spacing_is_refused(tmp_path):
+    # ITK and nibabel would read a NIfTI spacing of 0 as 1 mm, so every size in mm would be silently wrong
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.full((8, 8, 6), -800, np.int16), np.diag([0.7, 0.7, 2.5, 1.0]))
+    image.header["pixdim"][3] = 0.0
+    nib.save(image, tmp_path / "lost.nii.gz")
+    with pytest.raises(MeddetInputError, match="no usable voxel spacing.*0\\.7, 0\\.7, 0"):
+        read_volume(tmp_path / "lost.nii.gz")
+    header = b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementSpacing = 1 1 0\nElementType = MET_SHORT\nElementDataFile = LOCAL\n"
+    (tmp_path / "lost.mha").write_bytes(header + bytes(128))
+    with pytest.raises(MeddetInputError, match="no usable voxel spacing"):
+        read_volume(tmp_path / "lost.mha")
+    (tmp_path / "fine.mha").write_bytes(header.replace(b"1 1 0", b"1 1 2") + bytes(128))
+    assert read_volume(tmp_path / "fine.mha").spacing == (1.0, 1.0, 2.0)

@@ -8,6 +8,7 @@ silently coerce it to an orthogonal one, so meddet refuses instead and points to
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from pathlib import Path
 
@@ -47,6 +48,20 @@ def _nifti_is_complete(path: Path) -> bool:
     except (EOFError, OSError, zlib.error):
         return False
     return total >= needed
+
+
+def _nifti_header_spacing(path: Path) -> np.ndarray:
+    """The voxel spacing (pixdim 1–3) exactly as the NIfTI header stores it.
+
+    Why read the header bytes ourselves: ITK and nibabel both replace a spacing of 0 by 1 mm (nibabel only logs a
+    warning), and a scan read at a spacing it does not have gives every size, volume and position in wrong mm.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as stream:
+        raw = stream.read(540)
+    nifti2 = 540 in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))
+    header = (nib.Nifti2Header if nifti2 else nib.Nifti1Header).from_fileobj(io.BytesIO(raw), check=False)
+    return np.asarray(header["pixdim"][1:4], dtype=float)
 
 
 def _nonfinite_voxels(path: Path, volume: Volume) -> int:
@@ -102,11 +117,20 @@ def read_itk_file(path: str | Path, modality: str = "OT") -> Volume:
             path,
             "The file header is probably damaged; re-export the scan.",
         )
-    if path.name.lower().endswith((".nii", ".nii.gz")) and not _nifti_is_complete(path):
+    is_nifti = path.name.lower().endswith((".nii", ".nii.gz"))
+    if is_nifti and not _nifti_is_complete(path):
         raise MeddetInputError(
             "The image header is readable but its voxel data is missing or damaged (truncated file?).",
             path,
             "Copy the file again from its source.",
+        )
+    spacing = np.abs(_nifti_header_spacing(path)) if is_nifti else np.asarray(reader.GetSpacing()[:3], dtype=float)
+    if not np.all(np.isfinite(spacing) & (spacing > 0)):
+        raise MeddetInputError(
+            f"The header gives no usable voxel spacing (x, y, z = {', '.join(f'{v:g}' for v in spacing)}): "
+            "without it no size, volume or position in mm can be right.",
+            path,
+            "Convert the scan again from its DICOM series (`meddet convert`), or set the spacing in the header.",
         )
     try:
         image = reader.Execute()
