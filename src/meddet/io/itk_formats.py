@@ -28,15 +28,28 @@ def has_itk_suffix(path: str | Path) -> bool:
     return str(path).lower().endswith(ITK_SUFFIXES)
 
 
-def _nifti_is_complete(path: Path) -> bool:
+def _nifti_header(path: Path) -> nib.Nifti1Header | None:
+    """The NIfTI header exactly as the file stores it, or None when it cannot be parsed.
+
+    Why read the header bytes ourselves rather than through ``nib.load``: ITK and nibabel both replace a voxel
+    spacing of 0 by 1 mm (nibabel only logs a warning), and a scan read at a spacing it does not have gives every
+    size, volume and position in wrong mm; ``read_itk_file`` must see the 0.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as stream:
+            raw = stream.read(540)
+        nifti2 = 540 in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))
+        return (nib.Nifti2Header if nifti2 else nib.Nifti1Header).from_fileobj(io.BytesIO(raw), check=False)
+    except Exception:  # nibabel raises many types; ITK parsed this header, so the file itself is cut or damaged
+        return None
+
+
+def _nifti_is_complete(path: Path, header: nib.Nifti1Header) -> bool:
     """True when a NIfTI file holds all the voxel bytes its header promises.
 
     Why: ITK fills a truncated NIfTI with zeros without a word (NRRD and MetaImage readers do complain).
     """
-    try:
-        header = nib.load(str(path)).header
-    except Exception:  # nibabel raises many types; ITK parsed this header, so the file itself is cut or damaged
-        return False
     needed = int(header.get_data_offset()) + int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
     if not path.name.lower().endswith(".gz"):
         return path.stat().st_size >= needed
@@ -50,20 +63,6 @@ def _nifti_is_complete(path: Path) -> bool:
     return total >= needed
 
 
-def _nifti_header_spacing(path: Path) -> np.ndarray:
-    """The voxel spacing (pixdim 1–3) exactly as the NIfTI header stores it.
-
-    Why read the header bytes ourselves: ITK and nibabel both replace a spacing of 0 by 1 mm (nibabel only logs a
-    warning), and a scan read at a spacing it does not have gives every size, volume and position in wrong mm.
-    """
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as stream:
-        raw = stream.read(540)
-    nifti2 = 540 in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))
-    header = (nib.Nifti2Header if nifti2 else nib.Nifti1Header).from_fileobj(io.BytesIO(raw), check=False)
-    return np.asarray(header["pixdim"][1:4], dtype=float)
-
-
 def _nonfinite_voxels(path: Path, volume: Volume) -> int:
     """How many voxels of a floating-point file are NaN or infinite (integer files cannot hold them).
 
@@ -71,7 +70,7 @@ def _nonfinite_voxels(path: Path, volume: Volume) -> int:
     a CT reads as soft tissue (a NaN slice becomes a wall of it).
     """
     if path.name.lower().endswith((".nii", ".nii.gz")):
-        image = nib.load(str(path))
+        image = nib.load(str(path))  # float files only (checked below): integer NIfTI, the usual CT, is not read twice
         if not np.issubdtype(image.get_data_dtype(), np.floating):
             return 0
         data = np.asanyarray(image.dataobj)
@@ -117,14 +116,16 @@ def read_itk_file(path: str | Path, modality: str = "OT") -> Volume:
             path,
             "The file header is probably damaged; re-export the scan.",
         )
-    is_nifti = path.name.lower().endswith((".nii", ".nii.gz"))
-    if is_nifti and not _nifti_is_complete(path):
-        raise MeddetInputError(
-            "The image header is readable but its voxel data is missing or damaged (truncated file?).",
-            path,
-            "Copy the file again from its source.",
-        )
-    spacing = np.abs(_nifti_header_spacing(path)) if is_nifti else np.asarray(reader.GetSpacing()[:3], dtype=float)
+    spacing = np.asarray(reader.GetSpacing()[:3], dtype=float)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        header = _nifti_header(path)
+        if header is None or not _nifti_is_complete(path, header):
+            raise MeddetInputError(
+                "The image header is readable but its voxel data is missing or damaged (truncated file?).",
+                path,
+                "Copy the file again from its source.",
+            )
+        spacing = np.abs(np.asarray(header["pixdim"][1:4], dtype=float))  # as stored, before ITK turns 0 into 1
     if not np.all(np.isfinite(spacing) & (spacing > 0)):
         raise MeddetInputError(
             f"The header gives no usable voxel spacing (x, y, z = {', '.join(f'{v:g}' for v in spacing)}): "
