@@ -10,7 +10,7 @@ point. This script measures, per truth nodule of a phantom set (``lesions/<case>
 and ``imagesTr/<case>_0000.nii.gz`` as ``meddet phantom`` writes them):
 
 - contrast: the nodule's mean HU (its instance voxels in the stored image, blur and noise included) minus the
-  median HU of the lung 2–6 mm outside it (other nodules left out);
+  median HU of the aerated lung (under -500 HU) 2–6 mm outside it (other nodules, vessels and chest wall left out);
 - found: whether any reported lesion hits it under the evaluation's LUNA16 rule (``meddet.evaluation.froc``), at
   any score — the ceiling of the FROC curve, what no re-ranking can add to.
 
@@ -30,12 +30,14 @@ from scipy import ndimage
 from meddet.evaluation.froc import SMALL_NODULE_MM, match_case
 from meddet.io import read_volume
 
+AERATED_BELOW_HU = -500.0  # lung voxels of the ring: vessels, fissures and the chest wall beside a nodule are above it
 SHELL_MM = (2.0, 6.0)  # the lung ring a nodule is compared with: past the blur of its edge, before the next structure
 CONTRAST_BINS = ((-np.inf, 300.0, "< 300 HU"), (300.0, 600.0, "300-600 HU"), (600.0, np.inf, ">= 600 HU"))
 
 
 def nodule_contrast(image: np.ndarray, instances: np.ndarray, nodule_id: int, spacing_zyx) -> float:
-    """Mean HU inside the nodule minus the median HU 2–6 mm outside it (NaN when its label is empty)."""
+    """Mean HU inside the nodule minus the median HU of the aerated lung 2–6 mm outside it (NaN when its label is
+    empty; the whole ring when none of it is aerated)."""
     inside = instances == nodule_id
     if not inside.any():
         return float("nan")
@@ -43,7 +45,8 @@ def nodule_contrast(image: np.ndarray, instances: np.ndarray, nodule_id: int, sp
     box = tuple(slice(max(int(i.min()) - m, 0), int(i.max()) + m + 1) for i, m in zip(np.nonzero(inside), margin))
     distance = ndimage.distance_transform_edt(~inside[box], sampling=spacing_zyx)
     ring = (distance > SHELL_MM[0]) & (distance < SHELL_MM[1]) & (instances[box] == 0)
-    return float(image[box][inside[box]].mean() - np.median(image[box][ring]))
+    lung = ring & (image[box] < AERATED_BELOW_HU)  # the chest wall of a juxtapleural nodule is not its background
+    return float(image[box][inside[box]].mean() - np.median(image[box][lung if lung.any() else ring]))
 
 
 def case_rows(pred_dir: Path, truth_dir: Path, case: str) -> list[dict]:
