@@ -71,7 +71,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=2500)
     parser.add_argument("--hard-weight", type=float, default=4.0)
     args = parser.parse_args()
-    model = load_model(resolve_model(args.model))
+    model_path = resolve_model(args.model)
+    model = load_model(model_path)
+    state = torch.load(model_path, weights_only=False)  # the file the fine-tuned weights are written back into
     plan = json.loads(json.dumps(model.plan))
     plan["dataset"] = str(args.dataset.resolve())
     plan["training"].update(validate_every=args.iterations, patch_centre="lesion")
@@ -100,14 +102,13 @@ def main() -> None:
     trainer.load_cached = weighted  # the training batches draw lesions by the mined weights
     if not (args.out / CHECKPOINT_LAST).exists():
         network = trainer.build_model_from_plan(plan)
-        network.load_state_dict(torch.load(resolve_model(args.model), weights_only=False)["model"])
+        network.load_state_dict(state["model"])
         optimiser = torch.optim.AdamW(network.parameters(), lr=plan["training"]["learning_rate"],
                                       weight_decay=plan["training"]["weight_decay"])
         trainer.save_checkpoint(args.out / CHECKPOINT_LAST, network, optimiser, START, -1.0, plan)
     summary = train(plan_path, args.out, iterations=START + args.iterations, max_validation_cases=4)
     print(json.dumps(summary))
 
-    state = torch.load(resolve_model(args.model), weights_only=False)
     state["model"] = torch.load(args.out / CHECKPOINT_LAST, weights_only=False)["model"]
     state["version"] = f"{state['version']}+hard"
     state["provenance"]["hard_lesion_finetune"] = {
