@@ -193,3 +193,21 @@ def test_bundled_model_outline_level_is_the_one_its_record_chose():
     record = torch.load(path, map_location="cpu", weights_only=False)["provenance"]["outline"]
     best = max(record["mean_dice"], key=record["mean_dice"].get)
     assert load_model(path).postprocessing["outline_threshold"] == float(best)
+
+
+def test_train_classifier_continues_from_a_given_network():
+    """Fine-tuning: the given classifier is the one trained (its weights move), a fresh one otherwise."""
+    from meddet.training.rescorer import train_classifier
+
+    rng = np.random.default_rng(0)
+    cubes = rng.integers(-1000, 200, (8, CROP_VOXELS, CROP_VOXELS, CROP_VOXELS)).astype(np.int16)
+    labels = np.array([1, 1, 0, 0, 0, 0, 0, 0], np.float32)
+    candidate_fp = np.array([0, 0, 1, 1, 0, 0, 0, 0], bool)
+    torch.manual_seed(1)
+    given = build_classifier()
+    before = {k: v.clone() for k, v in given.state_dict().items()}
+    trained = train_classifier(cubes, labels, candidate_fp, iterations=2, batch_size=4, log=lambda m: None, network=given)
+    assert trained is given and not trained.training
+    assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())
+    fresh = train_classifier(cubes, labels, candidate_fp, iterations=1, batch_size=4, log=lambda m: None)
+    assert fresh is not given

@@ -63,14 +63,15 @@ def augmented_batch(cubes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def train_classifier(cubes: np.ndarray, labels: np.ndarray, candidate_fp: np.ndarray, iterations: int = 3000,
                      batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 0,
-                     log: Callable[[str], None] = print) -> torch.nn.Module:
+                     log: Callable[[str], None] = print, network: torch.nn.Module | None = None) -> torch.nn.Module:
     """Train the classifier with AdamW, nnU-Net's poly schedule and balanced batches: half nodules, and of the rest
-    half the first stage's false positives (the mistakes to undo, a few per scan) and half dense-tissue cubes."""
+    half the first stage's false positives (the mistakes to undo, a few per scan) and half dense-tissue cubes.
+    ``network``: a trained classifier to continue from (fine-tuning on new candidates), a fresh one by default."""
     if labels.sum() == 0 or labels.sum() == len(labels):
         raise ValueError("The second stage needs both nodule and non-nodule cubes to train on.")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    network = build_classifier()
+    network = network if network is not None else build_classifier()
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     positives = np.flatnonzero(labels > 0)
     hard, tissue = np.flatnonzero(candidate_fp), np.flatnonzero((labels == 0) & ~candidate_fp)
