@@ -82,28 +82,20 @@ def dataset_cases(dataset: Path, every: int = 1) -> list[tuple[str, Path, list[d
 def collect(model: LoadedModel, dataset: Path, cache: Path, zooms: list[float], every: int) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     for name, image, truth in dataset_cases(dataset, every):
-        volume, done = None, []
-        for zoom in [1.0] + zooms:
-            path = cache / f"{name}_{zoom:g}.npz"
-            if path.is_file():
-                with np.load(path) as data:
-                    if "crops" in data:
-                        continue
-                    arrays = dict(data)  # an older cache without cubes: add them
-                volume = read_volume(image) if volume is None else volume
-                arrays["crops"] = np.round(crops_around(volume, arrays["centres"])).astype(np.int16)
-            else:
-                volume = read_volume(image) if volume is None else volume
-                arrays = case_candidates(model, volume, zoom)
-            np.savez(path, **arrays)
-            done.append(f"x{zoom:g}: {len(arrays['centres'])} in {float(arrays['seconds']):.1f} s")
+        paths = {zoom: cache / f"{name}_{zoom:g}.npz" for zoom in [1.0] + zooms}
         truth_path = cache / f"{name}_truth.npz"
-        if not truth_path.is_file():
-            volume = read_volume(image) if volume is None else volume
-            centres = np.array([t["center_mm"] for t in truth], dtype=float).reshape(-1, 3)
-            np.savez(truth_path, centres=centres, diameters=np.array([t["diameter_mm"] for t in truth], dtype=float),
-                     crops=np.round(crops_around(volume, centres)).astype(np.int16), **negative_arrays(volume, truth, name))
-        print(name, ", ".join(done) or "cached", flush=True)
+        if truth_path.is_file() and all(p.is_file() for p in paths.values()):
+            continue
+        volume, done = read_volume(image), []
+        for zoom, path in paths.items():
+            if not path.is_file():
+                arrays = case_candidates(model, volume, zoom)
+                np.savez(path, **arrays)
+                done.append(f"x{zoom:g}: {len(arrays['centres'])} in {float(arrays['seconds']):.1f} s")
+        centres = np.array([t["center_mm"] for t in truth], dtype=float).reshape(-1, 3)
+        np.savez(truth_path, centres=centres, diameters=np.array([t["diameter_mm"] for t in truth], dtype=float),
+                 crops=np.round(crops_around(volume, centres)).astype(np.int16), **negative_arrays(volume, truth, name))
+        print(name, ", ".join(done), flush=True)
 
 
 def load_case(cache: Path, name: str, zooms: list[float]) -> tuple[dict[float, dict[str, np.ndarray]], dict[str, np.ndarray]]:
@@ -170,8 +162,8 @@ def score(model: LoadedModel, dataset: Path, cache: Path, zooms: list[float], we
                   + ", ".join(f"{s:.2f} ({(false >= s).sum() / len(cases):.2f})" for s in sorted(new_found, reverse=True)))
 
 
-def finetune(model_path: Path, cache: Path, zooms: list[float], out: Path, iterations: int, learning_rate: float) -> None:
-    model = load_model(model_path)
+def finetune(model: LoadedModel, model_path: Path, cache: Path, zooms: list[float], out: Path, iterations: int,
+             learning_rate: float) -> None:
     cubes, labels, candidate_fp = [], [], []
     names = sorted(p.name[: -len("_truth.npz")] for p in cache.glob("*_truth.npz"))
     for name in names:
@@ -222,7 +214,7 @@ def main() -> None:
     else:
         if args.out is None:
             parser.error("finetune needs --out")
-        finetune(path, args.paths[0], zooms, args.out, args.iterations, args.learning_rate)
+        finetune(model, path, args.paths[0], zooms, args.out, args.iterations, args.learning_rate)
 
 
 if __name__ == "__main__":
