@@ -19,8 +19,9 @@ second-stage classifier (1 mm cubes, scale-true) has to rank those below the nod
 candidates at the model's candidate threshold: centres, first-stage peaks and their 1 mm HU cubes, plus the case's
 truth cubes and dense-tissue cubes (`meddet.training.candidates`). `score` merges the model's candidates with each
 zoom's (a zoomed candidate within DEDUPE_MM of an earlier one is dropped), scores every candidate as the model does
-(its classifier, combination and final threshold) and prints, per set of zooms, nodules with a candidate, the CPM
-with its FROC points, the >= 6 mm CPM and the findings reported per scan. `finetune` continues training the model's
+(its classifier, combination and final threshold; the zoomed ones' scores times each of --zoomed-weights) and prints,
+per set of zooms and weight, nodules with a candidate, the CPM with its FROC points, the >= 6 mm CPM and the zoomed
+findings per scan, and the scores of the nodules only a zoomed candidate hits. `finetune` continues training the model's
 classifier on cached cases (their candidates of every zoom, labelled by the evaluation's hit rule, their truth and
 tissue cubes) and writes a model file with that classifier.
 """
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from itertools import combinations
 from pathlib import Path
@@ -41,9 +41,11 @@ from meddet.detection.crops import crops_around
 from meddet.detection.lesions import extract_lesions
 from meddet.detection.rescorer import MAX_CANDIDATES, classify, combine
 from meddet.evaluation.froc import froc, hit_radius
+from meddet.inference.export import case_truth
 from meddet.inference.models import resolve_model
 from meddet.inference.predictor import LoadedModel, load_model, predict_probability
 from meddet.io import read_volume
+from meddet.planning.dataset import load_dataset
 from meddet.training.candidates import hit_diameters, negative_arrays
 from meddet.training.rescorer import train_classifier
 
@@ -73,10 +75,9 @@ def case_candidates(model: LoadedModel, volume, zoom: float) -> dict[str, np.nda
 
 
 def dataset_cases(dataset: Path, every: int = 1) -> list[tuple[str, Path, list[dict]]]:
-    images = sorted((dataset / "imagesTr").glob("*_0000.nii.gz"))[::every]
-    return [(p.name[: -len("_0000.nii.gz")], p,
-             json.loads((dataset / "lesions" / f"{p.name[: -len('_0000.nii.gz')]}.json").read_text())["lesions"])
-            for p in images]
+    """Name, CT image and truth nodules of every ``every``-th case of a dataset folder."""
+    return [(case.name, case.images[0], case_truth(case.name, case.label, dataset))
+            for case in load_dataset(dataset).cases[::every]]
 
 
 def collect(model: LoadedModel, dataset: Path, cache: Path, zooms: list[float], every: int) -> None:
