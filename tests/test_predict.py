@@ -17,6 +17,7 @@ from meddet.planning.dataset import load_dataset
 from meddet.planning.fingerprint import compute_fingerprint
 from meddet.planning.planner import Budget, make_plan, save_plan
 from meddet.training.trainer import CHECKPOINT_BEST, train
+from meddet.volume import Volume
 
 LESION_KEYS = {"id", "center_mm", "diameter_mm", "volume_ml", "score", "bbox_mm"}
 TIMING_KEYS = {"load", "preprocess", "inference", "postprocess", "write", "total"}
@@ -145,3 +146,20 @@ def test_a_scan_without_air_is_refused_as_not_ct(phantom_and_model, tmp_path):
                              str(tmp_path / "o"), "--model", str(checkpoint)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "does not look like a CT" in result.stderr and not (tmp_path / "o" / "lesions.json").exists()
+
+
+def test_thick_slices_are_warned_about_in_lesions_json_and_on_the_console(phantom_and_model, tmp_path):
+    # small nodules fade on thick slices (model card, "Sensitivity by slice thickness"): the output says so
+    data, checkpoint = phantom_and_model
+    scan = read_volume(data / "imagesTr" / "phantom_0000_0000.nii.gz")
+    for name, slice_mm in (("thin", 1.0), ("thick", 4.0)):
+        spacing = (*scan.spacing[:2], slice_mm)
+        write_volume(Volume(np.asarray(scan.array), spacing, scan.origin, scan.direction), tmp_path / "in" / f"{name}.nii.gz")
+    result = subprocess.run([sys.executable, "-m", "meddet", "predict", str(tmp_path / "in"), "-o", str(tmp_path / "o"),
+                             "--model", str(checkpoint), "--no-tta"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    thick = json.loads((tmp_path / "o" / "thick" / "lesions.json").read_text())["input"]["warnings"]
+    thin = json.loads((tmp_path / "o" / "thin" / "lesions.json").read_text())["input"]["warnings"]
+    assert any("Voxels 4.00 mm long" in w and "under 6 mm" in w for w in thick)
+    assert not any("Voxels" in w for w in thin)
+    assert "warning:" in result.stdout and "4.00" in result.stdout
