@@ -210,8 +210,6 @@ def predict(
             continue
         where = Path(result["input"]["path"]).name
         console.print(f"{escape(where)}: {len(result['lesions'])} lesion(s), {result['timing_s']['total']:.1f} s")
-        for warning in result["input"]["warnings"]:
-            console.print(f"  [yellow]warning:[/] {escape(warning)}")
     console.print(f"Results in {out}")
     if any("error" in r for r in results):
         raise typer.Exit(EXIT_INPUT_ERROR)

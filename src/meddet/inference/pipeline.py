@@ -8,6 +8,7 @@ that benchmarks and the web service reuse.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from meddet.inference.predictor import LoadedModel, predict_probability
 from meddet.io import read_volume, write_volume
 from meddet.io.itk_formats import has_itk_suffix
 from meddet.volume import Volume
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1.3"  # 1.1 added model.mirroring; 1.2 the two stages' scores and model.rescorer; 1.3 outline_threshold
 LESION_KEYS = ("id", "center_mm", "diameter_mm", "volume_ml", "score", "bbox_mm", "candidate_score", "classifier_score")
@@ -95,7 +98,7 @@ def detection_warnings(volume: Volume) -> list[str]:
     Why: a lesion not much larger than the voxel's long side spans one or two voxels along it, and partial volume
     fades it; on 3-5 mm slices the bundled lung-nodule model finds about half the nodules under 6 mm, against three
     in four on thinner slices (model card, "Sensitivity by slice thickness"). What it finds is still right, so this is
-    a warning in lesions.json and on the console, not a refusal.
+    a warning (in lesions.json, and logged like the reader's), not a refusal.
     """
     longest = max(volume.spacing)
     if longest <= THICK_VOXEL_MM:
@@ -118,6 +121,9 @@ def predict_scan(
             f"({', '.join(model.plan['channel_names'])}); `meddet predict` takes single-channel models.",
         )
     check_ct_intensities(model, volume, source)
+    warnings = detection_warnings(volume)
+    for warning in warnings:
+        logger.warning(warning)
     timing["load"] = time.perf_counter() - start
     probability, stages = predict_probability(model, [volume], mirroring)
     timing["preprocess"] = stages["preprocess"]
@@ -153,7 +159,7 @@ def predict_scan(
             "path": str(source), "shape": list(volume.shape[::-1]), "spacing": list(volume.spacing),
             "origin": list(volume.origin), "direction": volume.direction.round(6).tolist(),
             "series_uid": volume.metadata.get("series_uid"),
-            "warnings": volume.warnings + detection_warnings(volume),
+            "warnings": volume.warnings + warnings,
         },
         "model": {"name": model.name, "version": model.version, **model.postprocessing,
                   "tta": mirroring != "none", "mirroring": mirroring, "precision": model.precision,
