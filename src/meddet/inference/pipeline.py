@@ -123,7 +123,7 @@ def predict_scan(
     check_ct_intensities(model, volume, source)
     warnings = detection_warnings(volume)
     for warning in warnings:
-        logger.warning(warning)
+        logger.warning("%s: %s", source.name, warning)  # which scan, in a folder of many
     timing["load"] = time.perf_counter() - start
     probability, stages = predict_probability(model, [volume], mirroring)
     timing["preprocess"] = stages["preprocess"]
