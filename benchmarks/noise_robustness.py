@@ -41,18 +41,17 @@ def noise_field(shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], cond
                 rng: np.random.Generator) -> np.ndarray | None:
     """A zero-mean Gaussian field of the condition's standard deviation, or None for ``none``."""
     kind, *values = condition.split(":")
+    if kind not in ("none", "white", "inplane", "3d"):
+        raise ValueError(f"Unknown noise condition '{condition}': none, white:SIGMA, inplane:SIGMA:MM or 3d:SIGMA:MM.")
     if kind == "none":
         return None
     sigma_hu = float(values[0])
     field = rng.standard_normal(shape_zyx, dtype=np.float32)
-    if kind in ("inplane", "3d"):
-        blur_mm = float(values[1])
-        sigmas = [blur_mm / s for s in spacing_zyx]
+    if kind != "white":
+        sigmas = [float(values[1]) / s for s in spacing_zyx]
         if kind == "inplane":
             sigmas[0] = 0.0
         field = ndimage.gaussian_filter(field, sigmas, output=np.float32, truncate=3.0)
-    elif kind != "white":
-        raise ValueError(f"Unknown noise condition '{condition}': none, white:SIGMA, inplane:SIGMA:MM or 3d:SIGMA:MM.")
     return field * np.float32(sigma_hu / float(field.std()))
 
 
