@@ -98,7 +98,9 @@ def test_train_rescorer_end_to_end(tmp_path):
     plan = _plan(tmp_path)
     train(plan, tmp_path / "run", num_workers=0, show_progress=False)
     export_model(tmp_path / "run" / CHECKPOINT_LAST, tmp_path / "first.pt", "tiny", "0.0.1")
-    state = train_rescorer(tmp_path / "first.pt", tmp_path / "two.pt", iterations=4, log=lambda m: None)
+    state = train_rescorer(tmp_path / "first.pt", tmp_path / "two.pt", iterations=4, log=lambda m: None,
+                           texture_probability=0.5)
+    assert state["provenance"]["rescorer"]["training"]["texture_probability"] == 0.5
     calibration = state["provenance"]["rescorer"]["calibration"]
     best = calibration["best"]
     assert best in calibration["grid"] and best["cpm"] == pytest.approx(max(g["cpm"] for g in calibration["grid"]), abs=0.011)
@@ -211,3 +213,35 @@ def test_train_classifier_continues_from_a_given_network():
     assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())
     fresh = train_classifier(cubes, labels, candidate_fp, iterations=1, batch_size=4, log=lambda m: None)
     assert fresh is not given
+
+
+def test_textured_noise_is_blotchy_within_its_ranges_and_only_where_asked():
+    """Correlated noise for the classifier's cubes: its HU spread within TEXTURE_SD_HU, neighbouring voxels
+    correlated (white noise is not), in-plane fields independent between slices; augmented_batch adds it only with
+    a texture probability, and with 0 draws exactly what it drew before the option existed."""
+    from meddet.detection.rescorer import HU_SCALE, INPUT_VOXELS as INPUT
+    from meddet.training.rescorer import TEXTURE_SD_HU, augmented_batch, textured_noise
+
+    def correlation(field: np.ndarray, axis: int) -> float:
+        a, b = np.moveaxis(field, axis, 0)[:-1].ravel(), np.moveaxis(field, axis, 0)[1:].ravel()
+        return float(np.corrcoef(a, b)[0, 1])
+
+    rng = np.random.default_rng(3)
+    kinds = set()
+    for _ in range(12):
+        field = textured_noise((INPUT, INPUT, INPUT), rng)
+        assert TEXTURE_SD_HU[0] - 0.5 <= field.std() * HU_SCALE <= TEXTURE_SD_HU[1] + 0.5
+        assert correlation(field, 2) > 0.3 and correlation(field, 1) > 0.3
+        kinds.add("3d" if correlation(field, 0) > 0.3 else "inplane" if abs(correlation(field, 0)) < 0.1 else "?")
+    assert kinds == {"3d", "inplane"}
+
+    cubes = np.full((12, CROP_VOXELS, CROP_VOXELS, CROP_VOXELS), -800, np.int16)
+    plain_a = augmented_batch(cubes, np.random.default_rng(5))
+    plain_b = augmented_batch(cubes, np.random.default_rng(5), texture_probability=0.0)
+    textured = augmented_batch(cubes, np.random.default_rng(5), texture_probability=1.0)
+    assert np.array_equal(plain_a, plain_b)
+    # the plain batch's noise is white; the textured cubes' is correlated in-plane (less so where a faint field
+    # drowns in the white noise every cube gets)
+    assert max(abs(correlation(cube[0], 2)) for cube in plain_a) < 0.1
+    in_plane = [correlation(cube[0], 2) for cube in textured]
+    assert min(in_plane) > 0.0 and np.mean(in_plane) > 0.2

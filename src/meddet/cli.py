@@ -266,11 +266,14 @@ def train_rescorer(
     candidates: Optional[Path] = typer.Option(None, "--candidates", help="Candidate cache (default: DATASET/candidates/NAME-VERSION)."),
     iterations: int = typer.Option(3000, "--iterations", min=1, help="Classifier training steps (batch 32)."),
     version: Optional[str] = typer.Option(None, "--version", help="Version of the written model (default: VERSION+rescorer)."),
+    texture_noise: float = typer.Option(0.0, "--texture-noise", min=0.0, max=1.0,
+                                        help="Share of training cubes given correlated noise (1-2 mm blotches)."),
 ) -> None:
     """Train a second-stage classifier on the model's candidates and calibrate the two-stage model on validation cases."""
     from meddet.training.rescorer import train_rescorer as run
 
-    state = run(model, out, dataset, candidates, iterations, version, log=console.print)
+    state = run(model, out, dataset, candidates, iterations, version, log=console.print,
+                texture_probability=texture_noise)
     best = state["provenance"]["rescorer"]["calibration"]["best"]
     console.print(f"Wrote {out}: candidates at {best['candidate_threshold']}, score {best['combination']}, threshold "
                   f"{best['threshold']}, validation CPM {best['cpm']:.3f}, sensitivity at 1 FP/scan {best['sensitivity_at_1fp']:.3f}")

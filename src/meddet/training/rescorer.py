@@ -14,9 +14,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from meddet.detection.crops import CROP_VOXELS
-from meddet.detection.rescorer import COMBINATIONS, INPUT_VOXELS, build_classifier, classify, combine, to_input
+from meddet.detection.rescorer import (
+    COMBINATIONS, HU_SCALE, INPUT_VOXELS, build_classifier, classify, combine, to_input,
+)
 from meddet.errors import MeddetInputError
 from meddet.evaluation.froc import froc
 from meddet.inference.export import CPM_TOLERANCE, THRESHOLDS
@@ -28,6 +31,10 @@ from meddet.training.trainer import poly_lr, split_cases
 TRAINING_THRESHOLD = CANDIDATE_THRESHOLDS[0]  # the most candidates: every false positive the others have, and more
 POSITIVE_FRACTION = 0.5
 NOISE_SD = 0.05  # Gaussian noise on the scaled input (~20 HU)
+# Correlated ("textured") noise, when asked for: standard deviation (HU) and grain (the Gaussian's sigma, mm = voxels
+# of the 1 mm cube) drawn per cube, smoothed within the axial plane or in 3D (see ``textured_noise``).
+TEXTURE_SD_HU = (5.0, 40.0)
+TEXTURE_GRAIN_MM = (0.5, 2.0)
 
 
 def training_arrays(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -45,9 +52,25 @@ def training_arrays(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return np.concatenate(cubes), np.concatenate(labels), np.concatenate(candidate_fp)
 
 
-def augmented_batch(cubes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def textured_noise(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """A zero-mean noise field in the classifier's input units: white noise smoothed by a Gaussian of a random grain
+    (``TEXTURE_GRAIN_MM``), within each axial slice or in all three axes (even odds), scaled to a random standard
+    deviation (``TEXTURE_SD_HU``).
+
+    Why: the phantom spec allows noise of up to 40 HU, "optionally spatially correlated", and a scanner's soft
+    reconstruction kernel makes blotches of 1–2 mm; the training phantoms' noise is correlated within slices only,
+    at under a voxel. Blotches the size of a small nodule are what the model then mistakes for nodules
+    (docs/models/lung-nodule.md, "Noise the model was not trained on")."""
+    grain = rng.uniform(*TEXTURE_GRAIN_MM)
+    sigmas = (0.0 if rng.random() < 0.5 else grain, grain, grain)
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigmas, truncate=3.0)
+    return field * np.float32(rng.uniform(*TEXTURE_SD_HU) / HU_SCALE / max(float(field.std()), 1e-6))
+
+
+def augmented_batch(cubes: np.ndarray, rng: np.random.Generator, texture_probability: float = 0.0) -> np.ndarray:
     """Network input for ``cubes`` with a random shift (±4 mm), mirrors on every axis, an in-plane transpose, a
-    contrast scale of 0.9–1.1 and Gaussian noise: what differs between two views of the same kind of finding."""
+    contrast scale of 0.9–1.1 and Gaussian noise: what differs between two views of the same kind of finding.
+    With ``texture_probability`` > 0, that share of the cubes also gets correlated noise (``textured_noise``)."""
     span = CROP_VOXELS - INPUT_VOXELS
     out = np.empty((len(cubes), 1, INPUT_VOXELS, INPUT_VOXELS, INPUT_VOXELS), np.float32)
     for k, cube in enumerate(cubes):
@@ -58,15 +81,20 @@ def augmented_batch(cubes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if rng.random() < 0.5:
             view = view.transpose(0, 2, 1)
         out[k, 0] = view * rng.uniform(0.9, 1.1)
+        if texture_probability > 0 and rng.random() < texture_probability:
+            out[k, 0] += textured_noise(view.shape, rng)
     return out + rng.normal(0.0, NOISE_SD, out.shape).astype(np.float32)
 
 
 def train_classifier(cubes: np.ndarray, labels: np.ndarray, candidate_fp: np.ndarray, iterations: int = 3000,
                      batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 0,
-                     log: Callable[[str], None] = print, network: torch.nn.Module | None = None) -> torch.nn.Module:
+                     log: Callable[[str], None] = print, network: torch.nn.Module | None = None,
+                     texture_probability: float = 0.0) -> torch.nn.Module:
     """Train the classifier with AdamW, nnU-Net's poly schedule and balanced batches: half nodules, and of the rest
     half the first stage's false positives (the mistakes to undo, a few per scan) and half dense-tissue cubes.
-    ``network``: a trained classifier to continue from (fine-tuning on new candidates), a fresh one by default."""
+    ``network``: a trained classifier to continue from (fine-tuning on new candidates), a fresh one by default.
+    ``texture_probability``: share of cubes given correlated noise (``augmented_batch``); 0, the default, draws
+    exactly the random numbers the bundled model's classifier was trained with."""
     if labels.sum() == 0 or labels.sum() == len(labels):
         raise ValueError("The second stage needs both nodule and non-nodule cubes to train on.")
     torch.manual_seed(seed)
@@ -85,7 +113,7 @@ def train_classifier(cubes: np.ndarray, labels: np.ndarray, candidate_fp: np.nda
         index = np.concatenate([rng.choice(positives, n_pos), rng.choice(hard, n_hard) if n_hard else [],
                                 rng.choice(tissue, batch_size - n_pos - n_hard) if n_hard < batch_size - n_pos else []]
                                ).astype(int)
-        x = torch.from_numpy(augmented_batch(cubes[index], rng))
+        x = torch.from_numpy(augmented_batch(cubes[index], rng, texture_probability))
         y = torch.from_numpy(labels[index])
         loss = torch.nn.functional.binary_cross_entropy_with_logits(network(x)[:, 0], y)
         optimizer.zero_grad(set_to_none=True)
@@ -174,9 +202,10 @@ def rescored_model_state(first_stage: dict[str, Any], network: torch.nn.Module, 
 
 def train_rescorer(model_path: Path, out: Path, dataset_root: Path | None = None, candidates: Path | None = None,
                    iterations: int = 3000, version: str | None = None, seed: int = 0,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, texture_probability: float = 0.0) -> dict[str, Any]:
     """Collect ``model_path``'s candidates on the dataset (default: the one its plan names; its fixed or seeded
-    split), train the classifier on the training cases', calibrate on the validation cases', write ``out``."""
+    split), train the classifier on the training cases', calibrate on the validation cases', write ``out``.
+    ``texture_probability``: share of training cubes given correlated noise (``textured_noise``)."""
     model = load_model(model_path)
     if model.rescorer is not None:
         raise MeddetInputError("This model already has a second stage; give the first-stage model file.", model_path)
@@ -191,10 +220,12 @@ def train_rescorer(model_path: Path, out: Path, dataset_root: Path | None = None
     cubes, labels, candidate_fp = training_arrays(train_paths)
     log(f"training on {len(labels)} cubes ({int(labels.sum())} nodules, {int(candidate_fp.sum())} first-stage false "
         f"positives) from {len(train_paths)} cases")
-    network = train_classifier(cubes, labels, candidate_fp, iterations, seed=seed, log=log)
+    network = train_classifier(cubes, labels, candidate_fp, iterations, seed=seed, log=log,
+                               texture_probability=texture_probability)
     calibration = calibrate_rescorer(network, val_paths)
     first_stage = torch.load(model_path, map_location="cpu", weights_only=False)
-    training = {"iterations": iterations, "seed": seed, "cubes": int(len(labels)), "nodule_cubes": int(labels.sum()),
+    training = {"iterations": iterations, "seed": seed, "texture_probability": texture_probability,
+                "cubes": int(len(labels)), "nodule_cubes": int(labels.sum()),
                 "candidate_false_positives": int(candidate_fp.sum()),
                 "training_cases": [c.name for c in train_cases], "dataset": str(dataset.root)}
     state = rescored_model_state(first_stage, network, calibration, version or f"{model.version}+rescorer", training)
