@@ -2,6 +2,7 @@
 
 Usage:
     python benchmarks/noise_classifier.py noisy DATASET NOISY [--every 2] [--first N] [--condition 3d:40:1.5] [--seed 1]
+        [--with-clean]       # NOISY = DATASET's cases and splits + noisy copies of its training cases, for train-rescorer
     python benchmarks/noise_classifier.py collect DATASET CACHE        # the model's own-pass candidates, per case
     python benchmarks/noise_classifier.py finetune CACHE [CACHE ...] --out MODEL.pt [--texture 0.5] [--iterations 1500]
         [--from-scratch]     # a fresh classifier (train-rescorer's 3000 steps at 1e-3 suit it) instead of the model's
@@ -40,32 +41,52 @@ from meddet.evaluation.froc import froc, hit_radius
 from meddet.inference.models import resolve_model
 from meddet.inference.predictor import LoadedModel, load_model
 from meddet.io import read_volume, write_volume
+from meddet.planning.dataset import load_dataset
 from meddet.training.candidates import hit_diameters
 from meddet.training.rescorer import train_classifier
 
 RANDOM_SIGMA_HU, RANDOM_GRAIN_MM = (15.0, 40.0), (0.7, 2.0)
 
 
-def noisy_dataset(source: Path, out: Path, every: int, first: int, condition: str | None, seed: int) -> None:
-    """A copy of ``source`` (every ``every``-th case, at most ``first``) with noise added to its images."""
+def noisy_dataset(source: Path, out: Path, every: int, first: int, condition: str | None, seed: int,
+                  with_clean: bool = False) -> None:
+    """A dataset folder of noisy copies of ``source``'s cases (every ``every``-th, at most ``first``).
+
+    ``with_clean``: OUT also holds every clean case of ``source`` and its splits.json, the copies are named
+    ``<case>n`` and made of training cases only, so `meddet train-rescorer --dataset OUT` trains on both and
+    calibrates on the clean validation cases alone. Labels, lesion lists and instance maps are linked, not copied."""
     rng = np.random.default_rng(seed)
-    (out / "imagesTr").mkdir(parents=True, exist_ok=True)
-    for sub in ("labelsTr", "lesions", "instances"):
-        if (source / sub).exists() and not (out / sub).exists():
-            os.symlink((source / sub).resolve(), out / sub)
-    meta = json.loads((source / "dataset.json").read_text())
-    images = sorted((source / "imagesTr").glob("*_0000.nii.gz"))[::every][:first]
-    meta["training"] = [t for t in meta["training"] if Path(t["image"]).name in {i.name for i in images}]
-    meta["numTraining"] = len(meta["training"])
-    (out / "dataset.json").write_text(json.dumps(meta, indent=1))
+    for sub in ("imagesTr", "labelsTr", "lesions", "instances"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    splits = source / "splits.json"
+    validation = set(json.loads(splits.read_text())["validation"]) if with_clean and splits.is_file() else set()
+    cases = load_dataset(source).cases
+    chosen = [c for c in cases if c.name not in validation][::every][:first]
+
+    def link(case: str, name: str, image: Path | None) -> dict[str, str]:
+        for sub, ending in (("labelsTr", ".nii.gz"), ("lesions", ".json"), ("instances", ".nii.gz")):
+            target, place = source / sub / f"{case}{ending}", out / sub / f"{name}{ending}"
+            if target.exists() and not place.exists():
+                os.symlink(target.resolve(), place)
+        if image is not None and not (out / "imagesTr" / image.name).exists():
+            os.symlink(image.resolve(), out / "imagesTr" / image.name)
+        return {"image": f"./imagesTr/{name}_0000.nii.gz", "label": f"./labelsTr/{name}.nii.gz"}
+
+    entries = [link(c.name, c.name, c.images[0]) for c in cases] if with_clean else []
     conditions = {}
-    for k, image in enumerate(images):
-        chosen = condition or (f"{rng.choice(['3d', 'inplane'])}:{rng.uniform(*RANDOM_SIGMA_HU):.0f}"
-                               f":{rng.uniform(*RANDOM_GRAIN_MM):.2f}")
-        conditions[image.name] = chosen
-        if not (out / "imagesTr" / image.name).exists():
-            write_volume(noisy_copy(read_volume(image), chosen, seed=seed * 100000 + k), out / "imagesTr" / image.name)
+    for k, case in enumerate(chosen):
+        name = f"{case.name}n" if with_clean else case.name
+        entries.append(link(case.name, name, None))
+        conditions[name] = condition or (f"{rng.choice(['3d', 'inplane'])}:{rng.uniform(*RANDOM_SIGMA_HU):.0f}"
+                                         f":{rng.uniform(*RANDOM_GRAIN_MM):.2f}")
+        image = out / "imagesTr" / f"{name}_0000.nii.gz"
+        if not image.exists():
+            write_volume(noisy_copy(read_volume(case.images[0]), conditions[name], seed=seed * 100000 + k), image)
+    meta = json.loads((source / "dataset.json").read_text())
+    (out / "dataset.json").write_text(json.dumps({**meta, "training": entries, "numTraining": len(entries)}, indent=1))
     (out / "conditions.json").write_text(json.dumps(conditions, indent=1))
+    if validation:
+        (out / "splits.json").write_text(json.dumps({"validation": sorted(validation)}, indent=1))
 
 
 def cache_cases(cache: Path) -> list[str]:
@@ -144,6 +165,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1)
     parser.add_argument("--first", type=int, default=10**6)
     parser.add_argument("--condition", default=None)
+    parser.add_argument("--with-clean", action="store_true", help="noisy: keep the clean cases and splits too")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--iterations", type=int, default=1500)
@@ -152,7 +174,8 @@ def main() -> None:
     parser.add_argument("--from-scratch", action="store_true", help="finetune: train a fresh classifier")
     args = parser.parse_args()
     if args.command == "noisy":
-        noisy_dataset(Path(args.paths[0]), Path(args.paths[1]), args.every, args.first, args.condition, args.seed)
+        noisy_dataset(Path(args.paths[0]), Path(args.paths[1]), args.every, args.first, args.condition, args.seed,
+                      args.with_clean)
     elif args.command == "collect":
         collect(load_model(resolve_model(args.model)), Path(args.paths[0]), Path(args.paths[1]), [], 1)
     elif args.command == "finetune":
