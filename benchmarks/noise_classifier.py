@@ -1,8 +1,8 @@
-"""Does a second stage trained with correlated noise rank noise blotches below nodules, keeping clean scans as they were?
+"""Does a second stage trained with correlated noise rank noise blotches below nodules, and cost clean scans nothing?
 
 Usage:
     python benchmarks/noise_classifier.py noisy DATASET NOISY [--every 2] [--first N] [--condition 3d:40:1.5] [--seed 1]
-        [--with-clean]       # NOISY = DATASET's cases and splits + noisy copies of its training cases, for train-rescorer
+        [--with-clean]    # NOISY: DATASET's cases and splits + noisy copies of its training cases, for train-rescorer
     python benchmarks/noise_classifier.py collect DATASET CACHE        # the model's own-pass candidates, per case
     python benchmarks/noise_classifier.py finetune CACHE [CACHE ...] --out MODEL.pt [--texture 0.5] [--iterations 1500]
         [--from-scratch]     # a fresh classifier (train-rescorer's 3000 steps at 1e-3 suit it) instead of the model's
