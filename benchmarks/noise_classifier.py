@@ -32,9 +32,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 from noise_robustness import noisy_copy
-from zoomed_candidates import collect, dataset_cases, load_case
+from zoomed_candidates import cached_cubes, collect, dataset_cases, describe, load_case, write_with_classifier
 
 from meddet.detection.rescorer import classify, combine
 from meddet.evaluation.froc import froc, hit_radius
@@ -42,7 +41,6 @@ from meddet.inference.models import resolve_model
 from meddet.inference.predictor import LoadedModel, load_model
 from meddet.io import read_volume, write_volume
 from meddet.planning.dataset import load_dataset
-from meddet.training.candidates import hit_diameters
 from meddet.training.rescorer import train_classifier
 
 RANDOM_SIGMA_HU, RANDOM_GRAIN_MM = (15.0, 40.0), (0.7, 2.0)
@@ -89,43 +87,20 @@ def noisy_dataset(source: Path, out: Path, every: int, first: int, condition: st
         (out / "splits.json").write_text(json.dumps({"validation": sorted(validation)}, indent=1))
 
 
-def cache_cases(cache: Path) -> list[str]:
-    return sorted(p.name[: -len("_truth.npz")] for p in cache.glob("*_truth.npz"))
-
-
 def finetune(model: LoadedModel, model_path: Path, caches: list[Path], out: Path, iterations: int,
              learning_rate: float, texture: float, from_scratch: bool = False) -> None:
-    cubes, labels, candidate_fp, names = [], [], [], []
-    for cache in caches:
-        for name in cache_cases(cache):
-            per_zoom, truth = load_case(cache, name, [])
-            own = per_zoom[1.0]
-            nodules = [{"center_mm": c.tolist(), "diameter_mm": float(d)}
-                       for c, d in zip(truth["centres"], truth["diameters"])]
-            hit = hit_diameters(own["centres"], nodules) > 0
-            cubes += [own["crops"], truth["crops"], truth["negative_crops"]]
-            labels += [hit.astype(np.float32), np.ones(len(truth["crops"]), np.float32),
-                       np.zeros(len(truth["negative_crops"]), np.float32)]
-            candidate_fp += [~hit, np.zeros(len(truth["crops"]), bool), np.zeros(len(truth["negative_crops"]), bool)]
-            names.append(f"{cache.name}/{name}")
-    cubes, labels, candidate_fp = np.concatenate(cubes), np.concatenate(labels), np.concatenate(candidate_fp)
-    print(f"fine-tuning on {len(labels)} cubes from {len(names)} cases: {int(labels.sum())} nodule, "
-          f"{int(candidate_fp.sum())} false-candidate, {int((~candidate_fp & (labels == 0)).sum())} tissue; "
-          f"textured noise on {texture:.0%} of cubes; {'a fresh classifier' if from_scratch else 'continued'}",
-          flush=True)
+    parts = [cached_cubes(cache, []) for cache in caches]
+    cubes, labels, candidate_fp = (np.concatenate([part[k] for part in parts]) for k in range(3))
+    names = [f"{cache.name}/{name}" for cache, part in zip(caches, parts) for name in part[3]]
+    print(f"training on {describe(labels, candidate_fp, len(names))}; textured noise on {texture:.0%} of cubes; "
+          f"{'a fresh classifier' if from_scratch else 'continued'}", flush=True)
     network = train_classifier(cubes, labels, candidate_fp, iterations, learning_rate=learning_rate,
                                network=None if from_scratch else copy.deepcopy(model.rescorer.network),
                                texture_probability=texture)
-    state = torch.load(model_path, map_location="cpu", weights_only=False)
-    state["rescorer"]["model"] = network.state_dict()
-    state["version"] = f"{state['version']}+noise-classifier"
-    state.setdefault("provenance", {})["noise_classifier"] = {
+    write_with_classifier(model_path, network, out, "noise-classifier", {
         "caches": [str(c) for c in caches], "cases": names, "iterations": iterations, "learning_rate": learning_rate,
         "texture_probability": texture, "from_scratch": from_scratch, "cubes": int(len(labels)),
-        "nodule_cubes": int(labels.sum()),
-        "candidate_false_positives": int(candidate_fp.sum())}
-    torch.save(state, out)
-    print("wrote", out)
+        "nodule_cubes": int(labels.sum()), "candidate_false_positives": int(candidate_fp.sum())})
 
 
 def score(models: list[LoadedModel], sets: list[tuple[Path, Path]]) -> None:

@@ -163,8 +163,10 @@ def score(model: LoadedModel, dataset: Path, cache: Path, zooms: list[float], we
                   + ", ".join(f"{s:.2f} ({(false >= s).sum() / len(cases):.2f})" for s in sorted(new_found, reverse=True)))
 
 
-def finetune(model: LoadedModel, model_path: Path, cache: Path, zooms: list[float], out: Path, iterations: int,
-             learning_rate: float) -> None:
+def cached_cubes(cache: Path, zooms: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Classifier training data from every case of a cache: the candidates of the model's own pass and of each zoom
+    (labelled by the evaluation's hit rule), the truth cubes and the tissue cubes; HU cubes, labels (1 = nodule), a
+    mark of the candidates that are false positives, and the case names."""
     cubes, labels, candidate_fp = [], [], []
     names = sorted(p.name[: -len("_truth.npz")] for p in cache.glob("*_truth.npz"))
     for name in names:
@@ -176,19 +178,33 @@ def finetune(model: LoadedModel, model_path: Path, cache: Path, zooms: list[floa
         cubes += [truth["crops"], truth["negative_crops"]]
         labels += [np.ones(len(truth["crops"]), np.float32), np.zeros(len(truth["negative_crops"]), np.float32)]
         candidate_fp += [np.zeros(len(truth["crops"]), bool), np.zeros(len(truth["negative_crops"]), bool)]
-    cubes, labels, candidate_fp = np.concatenate(cubes), np.concatenate(labels), np.concatenate(candidate_fp)
-    print(f"fine-tuning on {len(labels)} cubes from {len(names)} cases: {int(labels.sum())} nodule, "
-          f"{int(candidate_fp.sum())} false-candidate, {int((~candidate_fp & (labels == 0)).sum())} tissue", flush=True)
-    network = train_classifier(cubes, labels, candidate_fp, iterations, learning_rate=learning_rate,
-                               network=copy.deepcopy(model.rescorer.network))
+    return np.concatenate(cubes), np.concatenate(labels), np.concatenate(candidate_fp), names
+
+
+def describe(labels: np.ndarray, candidate_fp: np.ndarray, cases: int) -> str:
+    return (f"{len(labels)} cubes from {cases} cases: {int(labels.sum())} nodule, {int(candidate_fp.sum())} "
+            f"false-candidate, {int((~candidate_fp & (labels == 0)).sum())} tissue")
+
+
+def write_with_classifier(model_path: Path, network: torch.nn.Module, out: Path, tag: str, record: dict) -> None:
+    """``model_path``'s model file with ``network`` as its classifier, version ``+tag``, ``record`` in provenance."""
     state = torch.load(model_path, map_location="cpu", weights_only=False)
     state["rescorer"]["model"] = network.state_dict()
-    state["version"] = f"{state['version']}+zoomed-classifier"
-    state.setdefault("provenance", {})["zoomed_classifier"] = {
-        "cache": str(cache), "cases": names, "zooms": zooms, "iterations": iterations, "learning_rate": learning_rate,
-        "cubes": int(len(labels)), "nodule_cubes": int(labels.sum()), "candidate_false_positives": int(candidate_fp.sum())}
+    state["version"] = f"{state['version']}+{tag}"
+    state.setdefault("provenance", {})[tag.replace("-", "_")] = record
     torch.save(state, out)
     print("wrote", out)
+
+
+def finetune(model: LoadedModel, model_path: Path, cache: Path, zooms: list[float], out: Path, iterations: int,
+             learning_rate: float) -> None:
+    cubes, labels, candidate_fp, names = cached_cubes(cache, zooms)
+    print(f"fine-tuning on {describe(labels, candidate_fp, len(names))}", flush=True)
+    network = train_classifier(cubes, labels, candidate_fp, iterations, learning_rate=learning_rate,
+                               network=copy.deepcopy(model.rescorer.network))
+    write_with_classifier(model_path, network, out, "zoomed-classifier", {
+        "cache": str(cache), "cases": names, "zooms": zooms, "iterations": iterations, "learning_rate": learning_rate,
+        "cubes": int(len(labels)), "nodule_cubes": int(labels.sum()), "candidate_false_positives": int(candidate_fp.sum())})
 
 
 def main() -> None:
