@@ -12,7 +12,7 @@ Why: 0.9.1's classifier was trained on candidates of phantoms whose noise is cor
 a voxel. Under blotchier noise (1.5-2 mm grain, in-plane or 3D, as soft reconstruction kernels and other generators
 make) the first stage proposes blotches and the classifier passes many of them (docs/models/lung-nodule.md, "Noise
 the model was not trained on"). Two remedies, separable here: correlated noise as an augmentation of the cubes
-(``meddet.training.rescorer.textured_noise``), and the candidates of noisy copies of training phantoms as examples.
+(``meddet.training.augment.textured_noise``), and the candidates of noisy copies of training phantoms as examples.
 
 ``noisy`` writes a dataset folder whose images are the source's with noise added (``benchmarks/noise_robustness.py``'s
 fields): one fixed ``--condition`` or, without it, a random one per case (3D or in-plane, sigma 15-40 HU, grain

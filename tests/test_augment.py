@@ -9,7 +9,9 @@ from monai.transforms import Compose
 from scipy import ndimage
 
 from meddet.training.augment import (
+    TEXTURE_SD_HU,
     RandGammad,
+    RandTexturedNoised,
     build_augmentation,
     cutmix,
     LesionVoxels,
@@ -17,6 +19,7 @@ from meddet.training.augment import (
     lesion_voxels,
     sample_patch,
     spatial_transforms,
+    textured_noise,
 )
 
 SHAPE = (32, 32, 32)
@@ -84,6 +87,61 @@ def test_noise_has_the_configured_sigma() -> None:
     # rotation/zoom/flip of a constant image are identities, gamma of a constant image is too
     out = build_augmentation(prob=1.0, seed=0)({"image": image, "label": label})
     assert float(out["image"].std()) == pytest.approx(0.01, rel=0.05)
+
+
+def _correlation(field: np.ndarray, axis: int) -> float:
+    a, b = np.moveaxis(field, axis, 0)[:-1].ravel(), np.moveaxis(field, axis, 0)[1:].ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_textured_noise_is_blotchy_within_its_ranges() -> None:
+    """Its HU spread within TEXTURE_SD_HU, neighbouring voxels correlated (white noise is not), in-plane fields
+    independent between slices, both kinds drawn."""
+    rng = np.random.default_rng(3)
+    kinds = set()
+    for _ in range(12):
+        field = textured_noise((24, 24, 24), rng, hu_per_unit=400.0)
+        assert TEXTURE_SD_HU[0] - 0.5 <= field.std() * 400.0 <= TEXTURE_SD_HU[1] + 0.5
+        assert _correlation(field, 2) > 0.3 and _correlation(field, 1) > 0.3
+        kinds.add("3d" if _correlation(field, 0) > 0.3 else "inplane" if abs(_correlation(field, 0)) < 0.1 else "?")
+    assert kinds == {"3d", "inplane"}
+
+
+def test_textured_noise_grain_is_in_millimetres_whatever_the_voxel_size() -> None:
+    """On a grid of 0.5 x 0.5 x 4 mm voxels (z, y, x) the same grain spans 8 times as many voxels along z as x
+    (for 3D fields), so neighbours along z correlate more than along x: the blotch is round in mm, not in voxels."""
+    rng = np.random.default_rng(0)
+    along_z, along_x = [], []
+    while len(along_z) < 6:
+        field = textured_noise((40, 40, 40), rng, hu_per_unit=1.0, spacing_zyx_mm=(0.5, 0.5, 4.0))
+        if _correlation(field, 0) > 0.3:  # a 3D field (in-plane fields are white along z)
+            along_z.append(_correlation(field, 0))
+            along_x.append(_correlation(field, 2))
+    assert min(along_z) > 0.7 and max(along_x) < 0.4  # grain <= 2 mm is at most half a 4 mm voxel along x
+
+
+def test_textured_noise_transform_changes_only_the_ct_channel_and_not_the_label() -> None:
+    rng = np.random.default_rng(1)
+    image = torch.as_tensor(rng.normal(0, 1, (2, *SHAPE)).astype(np.float32))
+    label = torch.zeros((1, *SHAPE), dtype=torch.int64)
+    label[0, 10:14, 10:14, 10:14] = 1
+    out = RandTexturedNoised("image", 1.0, hu_per_unit=[373.6, None], spacing_zyx_mm=(2.4, 1.3, 1.3))(
+        {"image": image, "label": label})
+    added = (out["image"] - image).numpy()
+    assert 5.0 / 373.6 * 0.9 <= added[0].std() <= 40.0 / 373.6 * 1.1
+    assert np.all(added[1] == 0) and torch.equal(out["label"], label)
+    assert torch.equal(RandTexturedNoised("image", 0.0, [373.6], (1, 1, 1))({"image": image})["image"], image)
+
+
+def test_texture_probability_zero_draws_what_the_augmentation_drew_before() -> None:
+    """build_augmentation without textured noise is the pipeline of before the option (same draws, same patch);
+    with it the patch differs."""
+    image, label = _blob_case()
+    a = build_augmentation(prob=1.0, seed=3)({"image": image, "label": label})
+    b = build_augmentation(prob=1.0, seed=3, texture_probability=0.0, hu_per_unit=[400.0])({"image": image, "label": label})
+    c = build_augmentation(prob=1.0, seed=3, texture_probability=1.0, hu_per_unit=[400.0])({"image": image, "label": label})
+    assert torch.equal(a["image"], b["image"]) and not torch.equal(a["image"], c["image"])
+    assert torch.equal(a["label"], c["label"])
 
 
 def test_cutmix_mixes_labels_exactly_where_it_mixes_images() -> None:

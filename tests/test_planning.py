@@ -170,3 +170,10 @@ def test_ct_intensity_statistics_keep_the_tissue_around_the_lesions(tmp_path):
     assert stats["percentile_00_5"] < -850  # the lung the lesions are told apart from is not clipped away
     assert stats["percentile_99_5"] > 30
     assert -700 < stats["mean"] < -100  # lesions and context in equal parts
+
+
+def test_texture_noise_is_off_unless_asked_for():
+    fp = _fingerprint([(0.8, 0.8, 2.0)] * 3, [(100, 256, 256)] * 3)
+    assert make_plan(fp, Budget(2.0, 2.0, "cpu"))["training"]["texture_noise_probability"] == 0.0
+    plan = make_plan(fp, Budget(2.0, 2.0, "cpu"), {"texture_noise": 0.3})
+    assert plan["training"]["texture_noise_probability"] == 0.3 and plan["decisions"]["texture_noise"] == "set by the user"

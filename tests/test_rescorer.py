@@ -215,25 +215,14 @@ def test_train_classifier_continues_from_a_given_network():
     assert fresh is not given
 
 
-def test_textured_noise_is_blotchy_within_its_ranges_and_only_where_asked():
-    """Correlated noise for the classifier's cubes: its HU spread within TEXTURE_SD_HU, neighbouring voxels
-    correlated (white noise is not), in-plane fields independent between slices; augmented_batch adds it only with
-    a texture probability, and with 0 draws exactly what it drew before the option existed."""
-    from meddet.detection.rescorer import HU_SCALE, INPUT_VOXELS as INPUT
-    from meddet.training.rescorer import TEXTURE_SD_HU, augmented_batch, textured_noise
+def test_augmented_batch_adds_textured_noise_only_where_asked():
+    """augmented_batch adds correlated noise only with a texture probability, and with 0 draws exactly what it drew
+    before the option existed."""
+    from meddet.training.rescorer import augmented_batch
 
     def correlation(field: np.ndarray, axis: int) -> float:
         a, b = np.moveaxis(field, axis, 0)[:-1].ravel(), np.moveaxis(field, axis, 0)[1:].ravel()
         return float(np.corrcoef(a, b)[0, 1])
-
-    rng = np.random.default_rng(3)
-    kinds = set()
-    for _ in range(12):
-        field = textured_noise((INPUT, INPUT, INPUT), rng)
-        assert TEXTURE_SD_HU[0] - 0.5 <= field.std() * HU_SCALE <= TEXTURE_SD_HU[1] + 0.5
-        assert correlation(field, 2) > 0.3 and correlation(field, 1) > 0.3
-        kinds.add("3d" if correlation(field, 0) > 0.3 else "inplane" if abs(correlation(field, 0)) < 0.1 else "?")
-    assert kinds == {"3d", "inplane"}
 
     cubes = np.full((12, CROP_VOXELS, CROP_VOXELS, CROP_VOXELS), -800, np.int16)
     plain_a = augmented_batch(cubes, np.random.default_rng(5))

@@ -62,6 +62,33 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert any(not torch.equal(halfway[k], straight[k]) for k in straight)  # the last two steps did change weights
 
 
+def test_texture_noise_changes_the_ct_channel_of_the_batches_only(tmp_path):
+    """The plan's texture_noise_probability reaches the batches: same patches and labels, the CT channel noisier
+    by about what textured_noise adds (5-40 HU on the plan's HU scale); the PET channel untouched."""
+    from meddet.planning.planner import load_plan
+    from meddet.training.cache import build_cache, cache_dir_for, load_cached
+    from meddet.training.data import IterationBatches
+    from meddet.training.trainer import hu_per_unit
+
+    plan = load_plan(_plan(tmp_path, channels=2))
+    assert hu_per_unit(plan)[0] > 0 and hu_per_unit(plan)[1] is None
+    index = load_dataset(plan["dataset"])
+    cases = load_cached(build_cache(index.cases, plan, cache_dir_for(plan, index.root)), [c.name for c in index.cases])
+
+    def batches(texture):
+        return IterationBatches(cases, tuple(plan["patch_size"]), 2, seed=0, augmentation_probability=0.2,
+                                texture_noise_probability=texture, hu_per_unit=hu_per_unit(plan),
+                                spacing_zyx_mm=tuple(reversed(plan["target_spacing"])))
+
+    plain, textured = batches(0.0), batches(1.0)
+    added = []
+    for i in range(3):
+        a, b = plain[i], textured[i]
+        assert torch.equal(a["label"], b["label"]) and torch.equal(a["image"][:, 1], b["image"][:, 1])
+        added.append(float((b["image"][:, 0] - a["image"][:, 0]).std()) * hu_per_unit(plan)[0])
+    assert all(3.0 < sd < 45.0 for sd in added), added
+
+
 def test_two_channel_model_trains(tmp_path):
     plan = _plan(tmp_path, channels=2)
     summary = train(plan, tmp_path / "run", num_workers=0, show_progress=False)

@@ -97,6 +97,8 @@ def plan(
     precision: Optional[str] = typer.Option(None, "--precision", help="Override the compute precision: bf16 or fp32."),
     patch_centre: Optional[str] = typer.Option(
         None, "--patch-centre", help="Where forced training patches centre: voxel (any lesion voxel, nnU-Net) or lesion (each lesion equally often)."),
+    texture_noise: Optional[float] = typer.Option(
+        None, "--texture-noise", min=0.0, max=1.0, help="Share of training patches given correlated CT noise (5-40 HU, 0.5-2 mm grain)."),
 ) -> None:
     """Fingerprint a dataset and derive a training plan (nnU-Net style), each decision with its reason."""
     from meddet.planning.dataset import load_dataset
@@ -122,6 +124,7 @@ def plan(
     overrides = {
         "model": model, "loss": loss, "patch_size": triple(patch_size, int), "target_spacing": triple(target_spacing, float),
         "iterations": iterations, "batch_size": batch_size, "seed": seed, "precision": precision, "patch_centre": patch_centre,
+        "texture_noise": texture_noise,
     }
     result = make_plan(fingerprint, default_budget(gpu_memory, step_seconds), overrides, index.labels)
     path = save_plan(result, out or root / "plan.json")

@@ -236,6 +236,7 @@ def make_plan(
         "schedule": "poly", "oversample_foreground": 0.33, "seed": int(overrides.get("seed", 0)),
         "validation_fraction": 0.2, "augmentation_probability": 0.2, "cutmix_probability": 0.0,
         "patch_centre": patch_centre, "precision": budget.precision,
+        "texture_noise_probability": float(overrides.get("texture_noise", 0.0)),
     }
     cpu_precision, cpu_reason = choose_precision("cpu")
     decisions["precision"] = "set by the user" if "precision" in overrides else (
@@ -250,6 +251,10 @@ def make_plan(
     decisions["patch_centre"] = "set by the user" if "patch_centre" in overrides else (
         "voxel: every lesion voxel equally likely as a forced patch's centre (nnU-Net); `--patch-centre lesion` shows "
         "small lesions as often as large ones (more found, slower Dice)"
+    )
+    decisions["texture_noise"] = "set by the user" if "texture_noise" in overrides else (
+        "none: the training data's own noise only; `--texture-noise P` adds correlated noise (5-40 HU, 0.5-2 mm "
+        "grain) to that share of CT patches, for scanners whose noise is blotchier than the data's"
     )
     return {
         "version": 1,

@@ -9,6 +9,9 @@ Why these augmentations and ranges (the nnU-Net set, narrowed for lung CT):
   spherical, so larger rotations add little and cost interpolation blur.
 - Gaussian noise sigma 0.01 (normalised units) and gamma 0.8-1.2: scanner noise and reconstruction-kernel
   contrast differences, without changing which structures are visible.
+- optionally (``texture_probability``), correlated "textured" noise of 5-40 HU with a grain of 0.5-2 mm, within the
+  axial plane or in 3D: the blotches a soft reconstruction kernel or overlapping slices make, which the phantoms'
+  own noise does not have and which a model then mistakes for small nodules (``textured_noise``).
 - mirroring on every axis: lungs are near-symmetric left-right and the model should not learn absolute position.
 """
 
@@ -22,6 +25,7 @@ from typing import Any
 import cc3d
 import numpy as np
 import torch
+from scipy import ndimage
 from monai.transforms import (
     AdjustContrast,
     CastToTyped,
@@ -40,6 +44,33 @@ ROTATION_DEGREES = 15.0
 ZOOM_RANGE = (0.9, 1.1)
 NOISE_STD = 0.01
 GAMMA_RANGE = (0.8, 1.2)
+# Correlated noise: standard deviation (HU) and grain (the smoothing Gaussian's sigma, mm), drawn per patch.
+TEXTURE_SD_HU = (5.0, 40.0)
+TEXTURE_GRAIN_MM = (0.5, 2.0)
+
+
+def textured_noise(
+    shape: tuple[int, ...],
+    rng: np.random.Generator | np.random.RandomState,
+    hu_per_unit: float,
+    spacing_zyx_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> np.ndarray:
+    """A zero-mean noise field of ``shape`` (z, y, x) in units of ``hu_per_unit`` HU: white noise smoothed by a
+    Gaussian of a random grain (``TEXTURE_GRAIN_MM``, converted to voxels by ``spacing_zyx_mm``), within each axial
+    slice or in all three axes (even odds), scaled to a random standard deviation (``TEXTURE_SD_HU``).
+
+    Why: the phantom spec allows noise of up to 40 HU, "optionally spatially correlated", and a scanner's soft
+    reconstruction kernel makes blotches of 1-2 mm; the training phantoms' noise is correlated within slices only,
+    at under a voxel. Blotches the size of a small nodule are what a model then mistakes for nodules
+    (docs/models/lung-nodule.md, "Noise the model was not trained on"). Draws, in order: grain, plane or 3D, the
+    field, the standard deviation (the second stage's bundled classifier was trained with this order)."""
+    grain = rng.uniform(*TEXTURE_GRAIN_MM)
+    in_plane = rng.random() < 0.5
+    sigmas = tuple(grain / float(s) for s in spacing_zyx_mm)
+    if in_plane:
+        sigmas = (0.0, *sigmas[1:])
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigmas, truncate=3.0)
+    return field * np.float32(rng.uniform(*TEXTURE_SD_HU) / hu_per_unit / max(float(field.std()), 1e-6))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -81,6 +112,32 @@ class RandGammad(RandomizableTransform, MapTransform):
         return d
 
 
+class RandTexturedNoised(RandomizableTransform, MapTransform):
+    """Adds ``textured_noise`` to the CT channels of the image (those with an ``hu_per_unit``; None skips a channel,
+    e.g. PET), one field per channel, on the working grid of ``spacing_zyx_mm``."""
+
+    def __init__(self, keys: Sequence[Hashable] | Hashable, prob: float, hu_per_unit: Sequence[float | None],
+                 spacing_zyx_mm: tuple[float, float, float]) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.hu_per_unit = list(hu_per_unit)
+        self.spacing = tuple(float(s) for s in spacing_zyx_mm)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            image = torch.as_tensor(d[key]).clone()
+            for channel, scale in enumerate(self.hu_per_unit[: len(image)]):
+                if scale is not None:
+                    field = textured_noise(tuple(image.shape[1:]), self.R, scale, self.spacing)
+                    image[channel] += torch.as_tensor(field, dtype=image.dtype)
+            d[key] = image
+        return d
+
+
 def spatial_transforms(prob: float, flip_prob: float = 0.5) -> list[Any]:
     """Rotation, scaling and per-axis mirroring of image and label together.
 
@@ -110,11 +167,15 @@ def intensity_transforms(prob: float) -> list[Any]:
     ]
 
 
-def build_augmentation(prob: float = 0.2, seed: int = 0, flip_prob: float = 0.5) -> Compose:
+def build_augmentation(prob: float = 0.2, seed: int = 0, flip_prob: float = 0.5, texture_probability: float = 0.0,
+                       hu_per_unit: Sequence[float | None] = (), spacing_zyx_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                       ) -> Compose:
     """The full patch augmentation: spatial, then intensity, then plain tensors (image float32, label int64).
 
     ``prob`` is the probability of each rotation / scaling / noise / gamma transform (nnU-Net uses 0.1-0.3);
     mirroring has its own ``flip_prob`` per axis (nnU-Net: 0.5). ``seed`` makes the sequence reproducible.
+    ``texture_probability`` > 0 adds ``RandTexturedNoised`` last (for the CT channels: ``hu_per_unit``, on the grid
+    of ``spacing_zyx_mm``); at 0 the pipeline and its random draws are exactly those of before it existed.
     Each DataLoader worker holds a copy with the same seed: use ``monai.data.DataLoader`` (which reseeds
     workers) or reseed in ``worker_init_fn``, or every worker will draw the same augmentations.
     """
@@ -122,6 +183,7 @@ def build_augmentation(prob: float = 0.2, seed: int = 0, flip_prob: float = 0.5)
         [
             *spatial_transforms(prob, flip_prob),
             *intensity_transforms(prob),
+            *([RandTexturedNoised("image", texture_probability, hu_per_unit, spacing_zyx_mm)] if texture_probability > 0 else []),
             EnsureTyped(KEYS, track_meta=False),
             CastToTyped(KEYS, dtype=(torch.float32, torch.int64)),
         ]

@@ -7,6 +7,7 @@ and whatever the number of loader workers. That is what makes "resume gives the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -31,6 +32,9 @@ class IterationBatches(torch.utils.data.Dataset):
         cutmix_probability: float = 0.0,
         patch_centre: str = DEFAULT_PATCH_CENTRE,
         length: int = 10**9,
+        texture_noise_probability: float = 0.0,
+        hu_per_unit: Sequence[float | None] = (),
+        spacing_zyx_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ) -> None:
         if not cases:
             raise ValueError("no training cases")
@@ -43,7 +47,9 @@ class IterationBatches(torch.utils.data.Dataset):
         self.cutmix_probability = cutmix_probability
         self.patch_centre = patch_centre
         self.augment: Callable[[dict[str, Any]], dict[str, Any]] | None = (
-            build_augmentation(prob=augmentation_probability, seed=seed) if augmentation_probability > 0 else None
+            build_augmentation(prob=augmentation_probability, seed=seed, texture_probability=texture_noise_probability,
+                               hu_per_unit=hu_per_unit, spacing_zyx_mm=spacing_zyx_mm)
+            if augmentation_probability > 0 else None
         )
         self.length = length
 

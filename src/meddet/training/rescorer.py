@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from meddet.detection.crops import CROP_VOXELS
 from meddet.detection.rescorer import (
@@ -25,16 +24,13 @@ from meddet.evaluation.froc import froc
 from meddet.inference.export import CPM_TOLERANCE, THRESHOLDS
 from meddet.inference.predictor import DEFAULT_POSTPROCESSING, load_model
 from meddet.planning.dataset import load_dataset
+from meddet.training.augment import textured_noise
 from meddet.training.candidates import CANDIDATE_THRESHOLDS, collect_dataset
 from meddet.training.trainer import poly_lr, split_cases
 
 TRAINING_THRESHOLD = CANDIDATE_THRESHOLDS[0]  # the most candidates: every false positive the others have, and more
 POSITIVE_FRACTION = 0.5
 NOISE_SD = 0.05  # Gaussian noise on the scaled input (~20 HU)
-# Correlated ("textured") noise, when asked for: standard deviation (HU) and grain (the Gaussian's sigma, mm = voxels
-# of the 1 mm cube) drawn per cube, smoothed within the axial plane or in 3D (see ``textured_noise``).
-TEXTURE_SD_HU = (5.0, 40.0)
-TEXTURE_GRAIN_MM = (0.5, 2.0)
 
 
 def training_arrays(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -52,21 +48,6 @@ def training_arrays(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return np.concatenate(cubes), np.concatenate(labels), np.concatenate(candidate_fp)
 
 
-def textured_noise(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """A zero-mean noise field in the classifier's input units: white noise smoothed by a Gaussian of a random grain
-    (``TEXTURE_GRAIN_MM``), within each axial slice or in all three axes (even odds), scaled to a random standard
-    deviation (``TEXTURE_SD_HU``).
-
-    Why: the phantom spec allows noise of up to 40 HU, "optionally spatially correlated", and a scanner's soft
-    reconstruction kernel makes blotches of 1–2 mm; the training phantoms' noise is correlated within slices only,
-    at under a voxel. Blotches the size of a small nodule are what the model then mistakes for nodules
-    (docs/models/lung-nodule.md, "Noise the model was not trained on")."""
-    grain = rng.uniform(*TEXTURE_GRAIN_MM)
-    sigmas = (0.0 if rng.random() < 0.5 else grain, grain, grain)
-    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigmas, truncate=3.0)
-    return field * np.float32(rng.uniform(*TEXTURE_SD_HU) / HU_SCALE / max(float(field.std()), 1e-6))
-
-
 def augmented_batch(cubes: np.ndarray, rng: np.random.Generator, texture_probability: float = 0.0) -> np.ndarray:
     """Network input for ``cubes`` with a random shift (±4 mm), mirrors on every axis, an in-plane transpose, a
     contrast scale of 0.9–1.1 and Gaussian noise: what differs between two views of the same kind of finding.
@@ -82,7 +63,7 @@ def augmented_batch(cubes: np.ndarray, rng: np.random.Generator, texture_probabi
             view = view.transpose(0, 2, 1)
         out[k, 0] = view * rng.uniform(0.9, 1.1)
         if texture_probability > 0 and rng.random() < texture_probability:
-            out[k, 0] += textured_noise(view.shape, rng)
+            out[k, 0] += textured_noise(view.shape, rng, HU_SCALE)  # the cube is at 1 mm
     return out + rng.normal(0.0, NOISE_SD, out.shape).astype(np.float32)
 
 

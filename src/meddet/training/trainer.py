@@ -80,6 +80,12 @@ def split_cases(dataset: DatasetIndex, fraction: float, seed: int) -> tuple[list
     return train, val
 
 
+def hu_per_unit(plan: dict[str, Any]) -> list[float | None]:
+    """HU per normalised unit of each CT channel (None for other channels): how textured noise given in HU is scaled
+    to the network's input."""
+    return [float(n["std"]) if n["scheme"] == "ct_clip_zscore" else None for n in plan["normalization"]]
+
+
 def poly_lr(base: float, iteration: int, total: int, exponent: float = 0.9) -> float:
     """nnU-Net's polynomial decay."""
     return base * (1 - iteration / max(total, 1)) ** exponent
@@ -200,6 +206,8 @@ def train(
         load_cached(cache, [c.name for c in shard]), tuple(plan["patch_size"]), int(plan["batch_size"]), seed, ctx.rank,
         cfg["oversample_foreground"], cfg["augmentation_probability"], cfg.get("cutmix_probability", 0.0),
         cfg.get("patch_centre", DEFAULT_PATCH_CENTRE),
+        texture_noise_probability=float(cfg.get("texture_noise_probability", 0.0)),
+        hu_per_unit=hu_per_unit(plan), spacing_zyx_mm=tuple(float(s) for s in reversed(plan["target_spacing"])),
     )
     validation = load_cached(cache, [c.name for c in val_cases]) if ctx.is_main else []
 
