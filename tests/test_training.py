@@ -48,6 +48,16 @@ def test_training_writes_checkpoints_log_and_curve(tmp_path):
     assert checkpoint["plan"]["patch_size"] == [16, 32, 32]  # everything needed to predict travels with it
 
 
+def test_training_writes_plain_progress_lines_to_a_log_file(tmp_path, capsys, monkeypatch):
+    """Without a terminal (a background run with its output in a file) progress comes as plain lines."""
+    import meddet.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "PLAIN_EVERY", 2)
+    train(_plan(tmp_path), tmp_path / "run", num_workers=0, show_progress=True)
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("train ")]
+    assert [l.split()[1] for l in lines] == ["2/6", "4/6", "6/6"] and all("it/s" in l for l in lines)
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     plan = _plan(tmp_path)
     train(plan, tmp_path / "straight", num_workers=0, show_progress=False)

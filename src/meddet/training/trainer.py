@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from meddet.volume import Volume
 
 CHECKPOINT_LAST = "checkpoint_last.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"
+PLAIN_EVERY = 100  # without a terminal (a background run writing to a log file), a progress line every this many steps
 
 
 @dataclass
@@ -238,7 +240,8 @@ def train(
 
     previous_handler = signal.signal(signal.SIGTERM, _stop) if ctx.is_main else None
     progress = None
-    if ctx.is_main and show_progress:
+    plain_lines = ctx.is_main and show_progress and not sys.stdout.isatty()  # a log file: a line per PLAIN_EVERY steps
+    if ctx.is_main and show_progress and not plain_lines:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
@@ -259,6 +262,9 @@ def train(
             if progress is not None:
                 speed = len(window) / max(time.perf_counter() - tick, 1e-9)
                 progress.update(task, completed=iteration, info=f"loss {np.mean(window[-20:]):.4f}  {speed:.2f} it/s")
+            elif plain_lines and iteration % PLAIN_EVERY == 0:
+                speed = len(window) / max(time.perf_counter() - tick, 1e-9)
+                print(f"train {iteration}/{total}  loss {np.mean(window[-20:]):.4f}  {speed:.2f} it/s", flush=True)
             if iteration % every == 0 or iteration == total:
                 record: dict[str, Any] = {"iteration": iteration, "loss": float(np.mean(window)), "lr": lr,
                                           "seconds": round(time.perf_counter() - tick, 2)}
