@@ -5,7 +5,7 @@ Usage:  python benchmarks/mass_probe.py DATASET OUT [--cases phantom_0000,phanto
 
 Why: the phantom spec's lesions stop at 35 mm, and so does the bundled model's training data, but lung cancers in
 real chest CT are often larger, and a hand-drawn tumour is what a clinic's test set holds. For each case the mass is
-centred at the deepest point of the lung (largest distance to anything that is not lung, at least 25 mm from the
+centred at the deepest point of the lung (`meddet.preprocess.crop.lung_mask`, largest distance to anything that is not lung, at least 25 mm from the
 scan's first and last slice), given 35 ± 15 HU, limited to the lung it occupies (dilated by two voxels: it fills the
 lung up to the pleura, as a large tumour does), and softened by the scanner's blur; everything else is the scan as
 generated. Each image goes through `meddet predict`'s path; a mass is found if a reported lesion's centre lies within
@@ -26,19 +26,11 @@ from meddet.inference.models import resolve_model
 from meddet.inference.pipeline import predict_path
 from meddet.inference.predictor import load_model
 from meddet.io import read_volume, write_volume
+from meddet.preprocess.crop import lung_mask
 from meddet.volume import Volume
 
 MASS_HU, MASS_SD_HU = 35.0, 15.0
 END_MARGIN_MM = 25.0
-
-
-def lung_mask(array: np.ndarray) -> np.ndarray:
-    """Air inside the body: components of HU < -500 that do not touch the image's sides."""
-    air = ndimage.binary_opening(array < -500, iterations=2)
-    labels, n = ndimage.label(air)
-    sides = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(), labels[:, :, 0].ravel(),
-                                      labels[:, :, -1].ravel()]))
-    return np.isin(labels, [k for k in range(1, n + 1) if k not in set(sides)])
 
 
 def deepest_lung_point(lung: np.ndarray, spacing_zyx: tuple[float, ...]) -> tuple[int, int, int]:
@@ -78,7 +70,7 @@ def main() -> None:
     masses = {}
     for case in args.cases.split(","):
         scan = read_volume(args.dataset / "imagesTr" / f"{case}_0000.nii.gz")
-        lung = lung_mask(np.asarray(scan.array))
+        lung = lung_mask(scan)
         centre = deepest_lung_point(lung, scan.spacing_zyx)
         for diameter in (float(d) for d in args.diameters.split(",")):
             name = f"{case}_{diameter:g}mm"

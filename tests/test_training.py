@@ -78,7 +78,7 @@ def test_texture_noise_changes_the_ct_channel_of_the_batches_only(tmp_path):
     from meddet.planning.planner import load_plan
     from meddet.training.cache import build_cache, cache_dir_for, load_cached
     from meddet.training.data import IterationBatches
-    from meddet.training.trainer import hu_per_unit
+    from meddet.preprocess.prepare import hu_per_unit
 
     plan = load_plan(_plan(tmp_path, channels=2))
     assert hu_per_unit(plan)[0] > 0 and hu_per_unit(plan)[1] is None

@@ -57,6 +57,12 @@ def normalize_channel(array: np.ndarray, scheme: dict[str, Any]) -> np.ndarray:
     raise MeddetInputError(f"Unknown normalisation scheme '{scheme['scheme']}' in the plan.")
 
 
+def hu_per_unit(plan: dict[str, Any]) -> list[float | None]:
+    """HU per normalised unit of each channel that ``normalize_channel`` maps from HU (None for the others): how
+    textured noise given in HU is scaled to the network's input."""
+    return [float(n["std"]) if n["scheme"] == "ct_clip_zscore" else None for n in plan["normalization"]]
+
+
 def prepare_case(channels: list[Volume], plan: dict[str, Any], label: Volume | None = None) -> PreparedCase:
     """Crop (on channel 0), resample to the plan's spacing and normalise every channel."""
     if len(channels) != len(plan["channel_names"]):

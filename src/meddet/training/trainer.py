@@ -32,6 +32,7 @@ from meddet.networks.registry import build_model_from_plan
 from meddet.planning.dataset import Case, DatasetIndex, load_dataset
 from meddet.planning.planner import load_plan
 from meddet.precision import autocast, resolve_precision
+from meddet.preprocess.prepare import hu_per_unit
 from meddet.training.augment import DEFAULT_PATCH_CENTRE
 from meddet.training.cache import build_cache, cache_dir_for, load_cached
 from meddet.training.curves import plot_training_curve
@@ -80,12 +81,6 @@ def split_cases(dataset: DatasetIndex, fraction: float, seed: int) -> tuple[list
     val = sorted((cases[i] for i in order[:n_val]), key=lambda c: c.name)
     train = sorted((cases[i] for i in order[n_val:]), key=lambda c: c.name)
     return train, val
-
-
-def hu_per_unit(plan: dict[str, Any]) -> list[float | None]:
-    """HU per normalised unit of each CT channel (None for other channels): how textured noise given in HU is scaled
-    to the network's input."""
-    return [float(n["std"]) if n["scheme"] == "ct_clip_zscore" else None for n in plan["normalization"]]
 
 
 def poly_lr(base: float, iteration: int, total: int, exponent: float = 0.9) -> float:
@@ -259,12 +254,13 @@ def train(
             loss = training_step(model, optimizer, loss_fn, batch, ctx.device, precision)
             iteration += 1
             window.append(float(loss))
-            if progress is not None:
+            if progress is not None or (plain_lines and iteration % PLAIN_EVERY == 0):
                 speed = len(window) / max(time.perf_counter() - tick, 1e-9)
-                progress.update(task, completed=iteration, info=f"loss {np.mean(window[-20:]):.4f}  {speed:.2f} it/s")
-            elif plain_lines and iteration % PLAIN_EVERY == 0:
-                speed = len(window) / max(time.perf_counter() - tick, 1e-9)
-                print(f"train {iteration}/{total}  loss {np.mean(window[-20:]):.4f}  {speed:.2f} it/s", flush=True)
+                info = f"loss {np.mean(window[-20:]):.4f}  {speed:.2f} it/s"
+                if progress is not None:
+                    progress.update(task, completed=iteration, info=info)
+                else:
+                    print(f"train {iteration}/{total}  {info}", flush=True)
             if iteration % every == 0 or iteration == total:
                 record: dict[str, Any] = {"iteration": iteration, "loss": float(np.mean(window)), "lr": lr,
                                           "seconds": round(time.perf_counter() - tick, 2)}
