@@ -242,8 +242,9 @@ def test_ground_truth_over_several_plans_has_empty_and_varied_cases():
 
 def test_append_adds_a_run_after_existing_cases(tmp_path):
     out = generate_dataset(tmp_path / "ds", 1, seed=7, small=True, dicom=False)
-    generate_dataset(out, 1, seed=8, small=True, dicom=False, append=True)
+    generate_dataset(out, 1, seed=8, small=True, dicom=False, append=True, large_mass_probability=1.0)
     ds = json.loads((out / "dataset.json").read_text())
+    assert [r.get("large_mass_probability", 0.0) for r in ds["generator"]["runs"]] == [0.0, 1.0]
     assert ds["numTraining"] == 2
     assert [t["label"] for t in ds["training"]] == ["./labelsTr/phantom_0000.nii.gz", "./labelsTr/phantom_0001.nii.gz"]
     assert [(r["seed"], r["first_case"]) for r in ds["generator"]["runs"]] == [(7, "phantom_0000"), (8, "phantom_0001")]
@@ -252,3 +253,34 @@ def test_append_adds_a_run_after_existing_cases(tmp_path):
     assert first["seed"] == case_seed(7, 0) and second["seed"] == case_seed(8, 0)
     with pytest.raises(MeddetInputError, match="channels"):
         generate_dataset(out, 1, seed=9, small=True, pet=True, dicom=False, append=True)
+
+
+# ---------------------------------------------------------------------------------------------------- beyond the spec
+def test_large_masses_are_opt_in_and_leave_the_spec_draws_alone():
+    seeds = range(100)
+    with_masses = [sample_lesion_specs_for_seed(s, large_mass_probability=1.0) for s in seeds]
+    for s, specs in zip(seeds, with_masses):
+        spec_draws = sample_lesion_specs_for_seed(s)
+        assert sample_lesion_specs_for_seed(s, large_mass_probability=0.0) == spec_draws
+        assert specs[1:] == spec_draws  # the mass comes first, from its own stream
+        mass = specs[0]
+        assert 35.0 <= mass.diameter_mm <= 70.0
+        assert mass.kind in ("solid", "part-solid") and mass.shape != "sphere"
+    assert {specs[0].location for specs in with_masses} == {"juxtapleural", "parenchymal"}
+    half = [len(sample_lesion_specs_for_seed(s, 0.5)) - len(sample_lesion_specs_for_seed(s)) for s in seeds]
+    assert 30 <= sum(half) <= 70
+
+
+def test_a_placed_large_mass_has_ground_truth_beyond_35_mm():
+    for k in range(20):
+        plan = plan_case(case_seed(5, k), small=True, large_mass_probability=1.0)
+        if plan.nodules and plan.nodules[0].spec is plan.specs[0]:
+            break
+    else:
+        raise AssertionError("no large mass placed in 20 small cases: placement of masses is broken")
+    labels, kept = _ground_truth(plan)
+    mass_id = plan.nodules[0].id
+    spacing = plan.geometry.spacing
+    volume_mm3 = float(np.sum(labels == mass_id)) * spacing[0] * spacing[1] * spacing[2]
+    assert (6 * volume_mm3 / math.pi) ** (1 / 3) > 30.0
+    assert mass_id in {n.id for n, _, _ in kept}

@@ -70,6 +70,8 @@ def phantom(
     small: bool = typer.Option(False, "--small", help="256×256 cases at ~1.3 mm for fast tests."),
     pet: bool = typer.Option(False, "--pet", help="Add a co-registered PET-like second channel."),
     append: bool = typer.Option(False, "--append", help="Add the cases after those already in OUT (e.g. mix small and full-size)."),
+    large_masses: float = typer.Option(0.0, "--large-masses", min=0.0, max=1.0,
+                                       help="Beyond the spec, for training data: the probability that a case gets one extra 35-70 mm mass."),
 ) -> None:
     """Generate synthetic chest CTs with lung nodules and exact ground truth (see docs/phantom.md)."""
     import time
@@ -77,7 +79,7 @@ def phantom(
     from meddet.phantom import generate_dataset
 
     start = time.perf_counter()
-    generate_dataset(out, n=n, seed=seed, small=small, pet=pet, append=append)
+    generate_dataset(out, n=n, seed=seed, small=small, pet=pet, append=append, large_mass_probability=large_masses)
     console.print(f"Wrote {n} phantom case(s) to {out} in {time.perf_counter() - start:.1f} s")
 
 

@@ -15,13 +15,20 @@ import numpy as np
 from meddet.phantom.anatomy import Anatomy, build_anatomy, sample_params
 from meddet.phantom.geometry import ScanGeometry, sample_inplane, sample_scan_geometry
 from meddet.phantom.imaging import NoiseModel, add_noise, average_sub_slices, noise_sigma_map, psf_blur, quantize
-from meddet.phantom.nodules import LesionSpec, Nodule, nodule_occupancy, place_nodules, sample_lesion_specs
+from meddet.phantom.nodules import (
+    LesionSpec,
+    Nodule,
+    nodule_occupancy,
+    place_nodules,
+    sample_large_mass,
+    sample_lesion_specs,
+)
 from meddet.phantom.pet import make_pet
 from meddet.phantom.vessels import build_pulmonary_trees
 from meddet.volume import Volume
 
 GENERATOR_VERSION = "phantom-spec-v1"
-_STREAMS = ("geometry", "anatomy", "trees", "lesions", "placement", "noise", "pet", "identity", "texture")
+_STREAMS = ("geometry", "anatomy", "trees", "lesions", "placement", "noise", "pet", "identity", "texture", "large_mass")
 SUB_SLICE_MM = {False: 1.0, True: 1.5}  # thickest sub-slice of the slice-profile integration (full, small)
 CHUNK_VOXELS = 8_000_000
 
@@ -64,9 +71,19 @@ def case_seed(dataset_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(dataset_seed), int(index), 0x5EED]).generate_state(1, dtype=np.uint32)[0])
 
 
-def sample_lesion_specs_for_seed(seed: int) -> list[LesionSpec]:
-    """The lesions case ``seed`` asks for (before placement), without building or rendering anything."""
-    return sample_lesion_specs(rng_for(seed, "lesions"))
+def sample_lesion_specs_for_seed(seed: int, large_mass_probability: float = 0.0) -> list[LesionSpec]:
+    """The lesions case ``seed`` asks for (before placement), without building or rendering anything.
+
+    With ``large_mass_probability`` > 0 the case gets, with that probability, one extra mass beyond the spec
+    (35-70 mm, :func:`meddet.phantom.nodules.sample_large_mass`) from its own random stream, placed first so the
+    smaller nodules fit around it; at 0 the lesions are exactly the spec's draws.
+    """
+    specs = sample_lesion_specs(rng_for(seed, "lesions"))
+    if large_mass_probability > 0:
+        rng = rng_for(seed, "large_mass")
+        if rng.random() < large_mass_probability:
+            specs = [sample_large_mass(rng), *specs]
+    return specs
 
 
 @dataclass
@@ -99,7 +116,7 @@ class PhantomCase:
     info: dict = field(default_factory=dict)
 
 
-def plan_case(seed: int, small: bool = False, tilt_deg: float = 0.0) -> CasePlan:
+def plan_case(seed: int, small: bool = False, tilt_deg: float = 0.0, large_mass_probability: float = 0.0) -> CasePlan:
     """All random choices of a case: geometry, anatomy, trees, nodules (placed), noise."""
     rg = rng_for(seed, "geometry")
     inplane = sample_inplane(rg, small)
@@ -108,7 +125,7 @@ def plan_case(seed: int, small: bool = False, tilt_deg: float = 0.0) -> CasePlan
     an = build_anatomy(ra, params)
     geom = sample_scan_geometry(rg, inplane, small, (params.z_rec, params.z_apex), tilt_deg)
     an.vessels, an.bronchi = build_pulmonary_trees(rng_for(seed, "trees"), an)
-    specs = sample_lesion_specs_for_seed(seed)
+    specs = sample_lesion_specs_for_seed(seed, large_mass_probability)
     nodules = place_nodules(rng_for(seed, "placement"), specs, an, geom)
     noise = NoiseModel.sample(rng_for(seed, "noise"))
     return CasePlan(seed=seed, small=small, geometry=geom, anatomy=an, specs=specs, nodules=nodules, noise=noise)
@@ -172,9 +189,9 @@ def _lesion_records(kept, labels: np.ndarray, ref: Volume, voxel_mm3: float) -> 
 
 
 def generate_case(seed: int, small: bool = False, pet: bool = False, tilt_deg: float = 0.0,
-                  keep_noiseless: bool = False) -> PhantomCase:
+                  keep_noiseless: bool = False, large_mass_probability: float = 0.0) -> PhantomCase:
     """Generate one synthetic chest CT (and optionally its PET channel) with exact nodule ground truth."""
-    plan = plan_case(seed, small, tilt_deg)
+    plan = plan_case(seed, small, tilt_deg, large_mass_probability)
     geom, an = plan.geometry, plan.anatomy
     labels, kept = _ground_truth(plan)
     nodules = [k[0] for k in kept]
@@ -234,6 +251,7 @@ def generate_case(seed: int, small: bool = False, pet: bool = False, tilt_deg: f
     lesions = _lesion_records(kept, labels, image_vol, geom.voxel_volume_mm3)
     info = {
         "seed": int(seed), "small": bool(small), "tilt_deg": float(tilt_deg),
+        "large_mass_probability": float(large_mass_probability),
         "spacing": list(geom.spacing), "shape": list(geom.shape), "slice_thickness": geom.slice_thickness,
         "psf_fwhm_mm": round(geom.psf_fwhm_mm, 3), "noise_sigma_hu": round(plan.noise.sigma_hu, 2),
         "noise_corr_px": round(plan.noise.corr_px, 3), "n_sub": n_sub,

@@ -88,8 +88,11 @@ def _runs_of(dataset: dict) -> list[dict]:
 
 
 def generate_dataset(out_dir: str | Path, n: int, seed: int = 0, small: bool = False, pet: bool = False,
-                     dicom: bool = True, append: bool = False) -> Path:
-    """Generate ``n`` cases into ``out_dir`` (created if needed), after its existing cases if ``append``."""
+                     dicom: bool = True, append: bool = False, large_mass_probability: float = 0.0) -> Path:
+    """Generate ``n`` cases into ``out_dir`` (created if needed), after its existing cases if ``append``.
+
+    ``large_mass_probability`` > 0 goes beyond the spec (each case may get one 35-70 mm mass): training data only.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     channels = {"0": "CT"}
@@ -107,11 +110,14 @@ def generate_dataset(out_dir: str | Path, n: int, seed: int = 0, small: bool = F
     for k in range(n):
         name = case_name(first + k)
         cs = case_seed(seed, k)
-        case = generate_case(cs, small=small, pet=pet)
+        case = generate_case(cs, small=small, pet=pet, large_mass_probability=large_mass_probability)
         case.image.metadata["patient_id"] = f"PHANTOM-{seed}-{k:04d}"
         training.append(write_case(case, out, name, uid_seed=f"meddet-phantom-{seed}-{k}-{cs}", dicom=dicom))
         del case
-    runs.append({"seed": int(seed), "n": int(n), "first_case": case_name(first), "small": bool(small), "pet": bool(pet)})
+    run = {"seed": int(seed), "n": int(n), "first_case": case_name(first), "small": bool(small), "pet": bool(pet)}
+    if large_mass_probability > 0:
+        run["large_mass_probability"] = float(large_mass_probability)
+    runs.append(run)
     dataset = {
         "name": "MeddetPhantomChestCT",
         "description": "Synthetic non-contrast chest CT with lung nodules (meddet phantom, spec v1)",
