@@ -4,7 +4,7 @@
 Usage:
     meddet phantom --out DATA --n 60 --seed 9100                # training phantoms (not dev or held-out seeds)
     python benchmarks/finetune_first_stage.py DATA OUT [--model lung-nodule] [--iterations 2500]
-        [--hard-weight 4] [--texture-noise 0.5] [--precision fp32]
+        [--hard-weight 4] [--texture-noise 0.5] [--precision fp32] [--learning-rate 0.001]
     meddet predict DEV/dicom -o PRED --model OUT/model.pt && meddet evaluate --pred PRED --truth DEV
 
 Why hard lesions: the bundled model misses two kinds of nodules (docs/models/lung-nodule.md, "Which nodules are
@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--hard-weight", type=float, default=1.0, help="1: no mining")
     parser.add_argument("--texture-noise", type=float, default=0.0, help="share of patches with textured noise")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default=None, help="default: the model's plan")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="base rate of the poly schedule (default: the plan's; the run starts at ~0.17 of it)")
     args = parser.parse_args()
     model_path = resolve_model(args.model)
     model = load_model(model_path)
@@ -88,6 +90,8 @@ def main() -> None:
                             texture_noise_probability=args.texture_noise)
     if args.precision:
         plan["training"]["precision"] = args.precision
+    if args.learning_rate:
+        plan["training"]["learning_rate"] = args.learning_rate
     args.out.mkdir(parents=True, exist_ok=True)
     plan_path = save_plan(plan, args.out / "plan.json")
 
@@ -127,7 +131,7 @@ def main() -> None:
     state["provenance"]["first_stage_finetune"] = {
         "dataset": str(args.dataset), "iterations": args.iterations, "hard_weight": args.hard_weight,
         "hard_lesions": hard, "lesions": len(mined), "start": START, "texture_noise": args.texture_noise,
-        "precision": plan["training"]["precision"],
+        "precision": plan["training"]["precision"], "learning_rate": plan["training"]["learning_rate"],
     }
     torch.save(state, args.out / "model.pt")
     print(f"Wrote {args.out / 'model.pt'}")

@@ -44,6 +44,24 @@ def test_cube_outside_the_scan_is_air():
     assert crops_around(volume, np.zeros((0, 3))).shape == (0, CROP_VOXELS, CROP_VOXELS, CROP_VOXELS)
 
 
+def test_lesions_wider_than_the_zoom_limit_are_seen_zoomed_out_to_that_width():
+    """A 16 mm ball reported as 16 mm wide, with the limit at 8 mm: its cube is taken at 2 mm, so the ball looks
+    8 mm wide, as a 4 mm-radius ball does at 1 mm; a lesion under the limit keeps its 1 mm cube."""
+    volume, centre = _ball_volume(np.eye(3), spacing=(1.0, 1.0, 1.0), shape=(60, 60, 60), ball_index=(30, 30, 30),
+                                  radius_mm=8.0)
+    lesion = {"center_mm": list(centre), "score": 0.9}
+    plain = Rescorer(build_classifier().eval(), "mean", 0.05)
+    zoomed = Rescorer(build_classifier().eval(), "mean", 0.05, zoom_above_mm=8.0)
+    wide = zoomed.cubes(volume, [{**lesion, "diameter_mm": 16.0}])[0]
+    assert np.array_equal(wide, crops_around(volume, centre[None], spacing_mm=2.0)[0])
+    bright = np.sum(wide > -350) * 2.0 ** 3
+    assert bright == pytest.approx(4 / 3 * np.pi * 8.0 ** 3, rel=0.2)  # the ball, at 2 mm voxels
+    assert np.sum(wide > -350) == pytest.approx(4 / 3 * np.pi * 4.0 ** 3, rel=0.25)  # voxels: a 4 mm-radius ball's
+    narrow = zoomed.cubes(volume, [{**lesion, "diameter_mm": 6.0}])[0]
+    assert np.array_equal(narrow, plain.cubes(volume, [{**lesion, "diameter_mm": 16.0}])[0])
+    assert np.array_equal(narrow, crops_around(volume, centre[None])[0])
+
+
 def test_hit_diameters_use_the_evaluation_hit_rule():
     truth = [{"center_mm": [0, 0, 0], "diameter_mm": 4.0}, {"center_mm": [50, 0, 0], "diameter_mm": 12.0}]
     centres = np.array([[2.9, 0, 0], [3.1, 0, 0], [55.9, 0, 0], [56.1, 0, 0], [25, 0, 0]])

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from monai.networks.nets import Classifier
 
-from meddet.detection.crops import CROP_VOXELS, crops_around
+from meddet.detection.crops import CROP_SPACING_MM, CROP_VOXELS, crops_around
 from meddet.detection.lesions import renumber_by_score
 from meddet.volume import Volume
 
@@ -83,13 +83,30 @@ class Rescorer:
     network: torch.nn.Module
     combination: str
     candidate_threshold: float
+    # A candidate wider than this (mm) is seen in a cube zoomed out until it looks this wide (None: every cube at
+    # 1 mm). Why: a 50 mm mass fills a 32 mm cube edge to edge, and the classifier, trained on the spec's <= 35 mm
+    # lesions, sees no nodule there; zoomed out it sees a nodule-sized lesion with its surroundings.
+    zoom_above_mm: float | None = None
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "Rescorer":
         network = build_classifier()
         network.load_state_dict(state["model"])
         network.eval()
-        return cls(network, str(state["combination"]), float(state["candidate_threshold"]))
+        zoom = state.get("zoom_above_mm")
+        return cls(network, str(state["combination"]), float(state["candidate_threshold"]),
+                   None if zoom is None else float(zoom))
+
+    def cubes(self, volume: Volume, lesions: list[dict]) -> np.ndarray:
+        """The classifier's HU cubes, one per lesion: 1 mm, or zoomed out for lesions over ``zoom_above_mm``."""
+        centres = np.array([lesion["center_mm"] for lesion in lesions], dtype=float).reshape(-1, 3)
+        cubes = crops_around(volume, centres)
+        if self.zoom_above_mm is not None:
+            for k, lesion in enumerate(lesions):
+                if lesion["diameter_mm"] > self.zoom_above_mm:
+                    spacing = CROP_SPACING_MM * lesion["diameter_mm"] / self.zoom_above_mm
+                    cubes[k] = crops_around(volume, centres[k:k + 1], spacing_mm=spacing)[0]
+        return cubes
 
     def rescore(self, lesions: list[dict], instances: Volume, volume: Volume, threshold: float) -> tuple[list[dict], Volume]:
         """``lesions`` (first-stage candidates on ``volume``'s grid) with final scores, those under ``threshold``
@@ -98,9 +115,8 @@ class Rescorer:
             return lesions, instances
         n = max(lesion["id"] for lesion in lesions)
         lesions = sorted(lesions, key=lambda lesion: -lesion["score"])[:MAX_CANDIDATES]
-        centres = np.array([lesion["center_mm"] for lesion in lesions], dtype=float)
         first = np.array([lesion["score"] for lesion in lesions], dtype=float)
-        second = classify(self.network, crops_around(volume, centres))
+        second = classify(self.network, self.cubes(volume, lesions))
         final = combine(first, second, self.combination)
         kept = []
         for lesion, s1, s2, score in zip(lesions, first, second, final):

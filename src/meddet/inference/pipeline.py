@@ -174,7 +174,10 @@ def predict_scan(
 def _rescorer_summary(model: LoadedModel) -> dict[str, Any] | None:
     if model.rescorer is None:
         return None
-    return {"combination": model.rescorer.combination, "candidate_threshold": model.rescorer.candidate_threshold}
+    summary = {"combination": model.rescorer.combination, "candidate_threshold": model.rescorer.candidate_threshold}
+    if model.rescorer.zoom_above_mm is not None:
+        summary["zoom_above_mm"] = model.rescorer.zoom_above_mm
+    return summary
 
 
 def predict_path(
