@@ -9,8 +9,9 @@ centred at the deepest point of the lung (`meddet.preprocess.crop.lung_mask`, la
 scan's first and last slice), given 35 ± 15 HU, limited to the lung it occupies (dilated by two voxels: it fills the
 lung up to the pleura, as a large tumour does), and softened by the scanner's blur; everything else is the scan as
 generated. Each image goes through `meddet predict`'s path; a mass is found if a reported lesion's centre lies within
-its radius (the LUNA16 rule of `meddet evaluate`). Prints, per case and diameter: the mass's equivalent-sphere
-diameter, whether it was found, and the lesions near it (distance, diameter, final / first-stage / classifier score).
+its radius (the LUNA16 rule of `meddet evaluate`), and found whole if one is centred within 7 mm of it and at least
+0.7 times its diameter. Prints, per case and diameter: the mass's equivalent-sphere diameter, whether it was found
+(whole), and the lesions near it (distance, diameter, final / first-stage / classifier score).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from meddet.preprocess.crop import lung_mask
 from meddet.volume import Volume
 
 MASS_HU, MASS_SD_HU = 35.0, 15.0
+WHOLE_WITHIN_MM, WHOLE_SHARE = 7.0, 0.7  # found whole: a lesion centred within 7 mm, at least 0.7 x the mass's diameter
 END_MARGIN_MM = 25.0
 
 
@@ -79,19 +81,23 @@ def main() -> None:
             masses[name] = (scan.index_zyx_to_lps(np.array([centre], float))[0], diameter / 2, equivalent)
     predict_path(model, args.out / "images", args.out / "pred")
     print(f"{model.name} {model.version}")
-    print(f"{'case':<24} {'mass mm':>7} {'found':>6}  lesions within radius + 10 mm: distance, diameter, score (first / classifier)")
+    print(f"{'case':<24} {'mass mm':>7} {'found':>6} {'whole':>6}  lesions within radius + 10 mm: distance, diameter, score (first / classifier)")
     found_by_size: dict[str, list[bool]] = {}
+    whole_by_size: dict[str, list[bool]] = {}
     for name, (centre_lps, radius, equivalent) in masses.items():
         report = args.out / "pred" / name / "lesions.json"
         lesions = json.loads(report.read_text())["lesions"] if report.is_file() else []
         near = [(float(np.linalg.norm(np.array(l["center_mm"]) - centre_lps)), l) for l in lesions]
         near = [(d, l) for d, l in near if d < radius + 10]
         found = any(d <= radius for d, _ in near)
+        whole = any(d <= WHOLE_WITHIN_MM and l["diameter_mm"] >= WHOLE_SHARE * equivalent for d, l in near)
         found_by_size.setdefault(name.rsplit("_", 1)[1], []).append(found)
+        whole_by_size.setdefault(name.rsplit("_", 1)[1], []).append(whole)
         shown = ", ".join(f"{d:.1f} mm: {l['diameter_mm']:.1f} mm, {l['score']:.2f} ({l.get('candidate_score', l['score']):.2f}"
                           f" / {l.get('classifier_score', float('nan')):.2f})" for d, l in near)
-        print(f"{name:<24} {equivalent:>7.1f} {str(found):>6}  {shown}")
+        print(f"{name:<24} {equivalent:>7.1f} {str(found):>6} {str(whole):>6}  {shown}")
     print("found: " + ", ".join(f"{size} {sum(v)}/{len(v)}" for size, v in found_by_size.items()))
+    print("found whole: " + ", ".join(f"{size} {sum(v)}/{len(v)}" for size, v in whole_by_size.items()))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from meddet.detection.rescorer import MAX_CANDIDATES, classify, combine
 from meddet.evaluation.froc import froc, hit_radius
 from meddet.inference.export import case_truth
 from meddet.inference.models import resolve_model
-from meddet.inference.predictor import LoadedModel, load_model, predict_probability
+from meddet.inference.predictor import LoadedModel, load_model, predict_probability, with_grid_scaled
 from meddet.io import read_volume
 from meddet.planning.dataset import load_dataset
 from meddet.training.candidates import hit_diameters, negative_arrays
@@ -52,21 +52,13 @@ from meddet.training.rescorer import train_classifier
 DEDUPE_MM = 8.0
 
 
-def zoomed(model: LoadedModel, zoom: float) -> LoadedModel:
-    """``model`` with its working grid ``zoom`` times its plan's spacing (the same weights)."""
-    copied = copy.copy(model)
-    copied.plan = copy.deepcopy(model.plan)
-    copied.plan["target_spacing"] = [s * zoom for s in model.plan["target_spacing"]]
-    return copied
-
-
 def case_candidates(model: LoadedModel, volume, zoom: float) -> dict[str, np.ndarray]:
     """Centres, first-stage peaks and HU cubes of one scan's candidates at ``zoom`` (1: the model's own pass)."""
     start = time.perf_counter()
     if zoom == 1.0:
         probability, _ = predict_probability(model, [volume])
     else:
-        probability, _ = predict_probability(zoomed(model, zoom), [volume], "none")
+        probability, _ = predict_probability(with_grid_scaled(model, zoom), [volume], "none")
     seconds = time.perf_counter() - start
     lesions = extract_lesions(probability, model.rescorer.candidate_threshold, 0.0)[0][:MAX_CANDIDATES]
     centres = np.array([lesion["center_mm"] for lesion in lesions], dtype=float).reshape(-1, 3)

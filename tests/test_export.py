@@ -30,8 +30,9 @@ def test_export_model_calibrates_on_validation_cases_and_loads_back(tmp_path):
     best = calibration["best"]
     assert best in calibration["grid"] and best["cpm"] >= max(g["cpm"] for g in calibration["grid"]) - CPM_TOLERANCE
     # a one-stage export keeps the outlines it finds (no outline_threshold: meddet.detection.lesions.refine_outlines)
+    # and has no coarse pass for masses (a setting chosen on masses, not by calibration)
     assert exported["postprocessing"] == {"threshold": best["threshold"], "min_volume_mm3": best["min_volume_mm3"],
-                                          "outline_threshold": None}
+                                          "outline_threshold": None, "mass_zoom": None, "mass_min_diameter_mm": None}
     assert calibration["mirroring"] == "x"  # the threshold is calibrated with the mirroring the model will run with
     loaded = load_model(tmp_path / "model.pt")
     assert loaded.postprocessing == exported["postprocessing"] and loaded.mirroring == "x"

@@ -129,7 +129,7 @@ def test_train_rescorer_end_to_end(tmp_path):
     model = load_model(tmp_path / "two.pt")
     assert model.rescorer is not None and model.rescorer.combination == best["combination"]
     result = predict_scan(model, tmp_path / "data" / "imagesTr" / "case0_0000.nii.gz", tmp_path / "pred")
-    assert result["schema_version"] == "1.3" and result["model"]["rescorer"]["combination"] == best["combination"]
+    assert result["schema_version"] == "1.4" and result["model"]["rescorer"]["combination"] == best["combination"]
     for lesion in result["lesions"]:
         assert {"candidate_score", "classifier_score"} <= set(lesion) and lesion["score"] >= best["threshold"]
     assert result["model"]["outline_threshold"] is None

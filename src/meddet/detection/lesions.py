@@ -141,9 +141,16 @@ def refine_outlines(lesions: list[dict], instances: Volume, probability: Volume,
     refined = labels.copy()
     refined.reshape(-1)[flat[below]] = 0
     # every lesion keeps at least its peak voxel (the cutoff is at most half the peak), so each is measured again
-    geometry = {lesion["id"]: lesion for lesion in _measure(refined, n, instances, None)}
+    return remeasure(lesions, instances.with_array(refined)), instances.with_array(refined)
+
+
+def remeasure(lesions: list[dict], instances: Volume) -> list[dict]:
+    """``lesions`` with centre, size, box and voxel count measured again on ``instances`` (after their voxels changed;
+    each must keep at least one); every other key, the score included, is kept."""
+    labels = np.asarray(instances.array)
+    geometry = {lesion["id"]: lesion for lesion in _measure(labels, int(labels.max(initial=0)), instances, None)}
     keys = ("center_mm", "diameter_mm", "volume_ml", "bbox_mm", "voxels")
-    return [{**lesion, **{k: geometry[lesion["id"]][k] for k in keys}} for lesion in lesions], instances.with_array(refined)
+    return [{**lesion, **{k: geometry[lesion["id"]][k] for k in keys}} for lesion in lesions]
 
 
 def lesions_from_label_map(labels: Volume, connectivity: int = 26, binary: bool | None = None) -> list[dict]:

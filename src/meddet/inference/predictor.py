@@ -17,6 +17,8 @@ which on 40 fresh phantoms gave most of the gain of all eight mirrorings at a qu
 
 from __future__ import annotations
 
+import copy
+
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,9 @@ from meddet.preprocess.resample import resample_like
 from meddet.volume import Volume
 
 # outline_threshold None: lesions keep the outline they were found with (meddet.detection.lesions.refine_outlines)
-DEFAULT_POSTPROCESSING: dict[str, float | None] = {"threshold": 0.5, "min_volume_mm3": 10.0, "outline_threshold": None}
+# mass_zoom / mass_min_diameter_mm: the coarse second pass for masses (meddet.detection.masses); None: no such pass.
+DEFAULT_POSTPROCESSING: dict[str, float | None] = {"threshold": 0.5, "min_volume_mm3": 10.0, "outline_threshold": None,
+                                                   "mass_zoom": None, "mass_min_diameter_mm": None}
 # A mirroring names the array axes (x columns, y rows, z slices: left-right, front-back, head-foot in an axial scan)
 # whose mirror images are averaged with the scan: "z" = the scan and its slice-order mirror (2 passes), "xyz" = all 8
 # combinations (nnU-Net's test-time mirroring), "none" = one pass.
@@ -105,6 +109,15 @@ def load_model(path: str | Path, precision: str | None = None) -> LoadedModel:
     )
 
 
+def with_grid_scaled(model: LoadedModel, zoom: float) -> LoadedModel:
+    """``model`` with a working grid ``zoom`` times its plan's spacing (the same weights): every structure looks
+    ``1 / zoom`` times its size to the network (zoom 2: a 50 mm mass looks like the 25 mm lesions it was trained on)."""
+    coarse = copy.copy(model)
+    coarse.plan = copy.deepcopy(model.plan)
+    coarse.plan["target_spacing"] = [s * zoom for s in model.plan["target_spacing"]]
+    return coarse
+
+
 def lesion_probability(
     model: LoadedModel, image: np.ndarray, mirroring: str = "none", sw_batch_size: int = 2, overlap: float = 0.25
 ) -> np.ndarray:
@@ -137,14 +150,15 @@ def lesion_probability(
     return out.numpy().astype(np.float32)
 
 
-def predict_probability(model: LoadedModel, channels: list[Volume], mirroring: str | None = None) -> tuple[Volume, dict[str, float]]:
-    """Lesion probability on the grid of ``channels[0]`` (zero outside the lung box), with stage timings.
-
-    ``mirroring`` defaults to the model's own (the one its threshold was calibrated with)."""
+def predict_probability(model: LoadedModel, channels: list[Volume], mirroring: str | None = None,
+                        box: tuple[slice, slice, slice] | None = None) -> tuple[Volume, dict[str, float]]:
+    """Lesion probability on the grid of ``channels[0]`` (zero outside the crop ``box``, by default the plan's: the
+    lung box), with stage timings. ``mirroring`` defaults to the model's own (the one its threshold was calibrated
+    with)."""
     import time
 
     start = time.perf_counter()
-    prepared = prepare_case(channels, model.plan)
+    prepared = prepare_case(channels, model.plan, box=box)
     prepared_s = time.perf_counter() - start
     start = time.perf_counter()
     prob = lesion_probability(model, prepared.image, mirroring or model.mirroring)
