@@ -100,13 +100,11 @@ class Rescorer:
     def cubes(self, volume: Volume, lesions: list[dict]) -> np.ndarray:
         """The classifier's HU cubes, one per lesion: 1 mm, or zoomed out for lesions over ``zoom_above_mm``."""
         centres = np.array([lesion["center_mm"] for lesion in lesions], dtype=float).reshape(-1, 3)
-        cubes = crops_around(volume, centres)
+        zoom = np.ones(len(lesions))
         if self.zoom_above_mm is not None:
-            for k, lesion in enumerate(lesions):
-                if lesion["diameter_mm"] > self.zoom_above_mm:
-                    spacing = CROP_SPACING_MM * lesion["diameter_mm"] / self.zoom_above_mm
-                    cubes[k] = crops_around(volume, centres[k:k + 1], spacing_mm=spacing)[0]
-        return cubes
+            diameters = np.array([lesion["diameter_mm"] for lesion in lesions], dtype=float)
+            zoom = np.maximum(diameters / self.zoom_above_mm, 1.0)
+        return crops_around(volume, centres, spacing_mm=CROP_SPACING_MM * zoom)
 
     def rescore(self, lesions: list[dict], instances: Volume, volume: Volume, threshold: float) -> tuple[list[dict], Volume]:
         """``lesions`` (first-stage candidates on ``volume``'s grid) with final scores, those under ``threshold``

@@ -18,7 +18,6 @@ which on 40 fresh phantoms gave most of the gain of all eight mirrorings at a qu
 from __future__ import annotations
 
 import copy
-
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
