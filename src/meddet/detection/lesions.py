@@ -141,7 +141,8 @@ def refine_outlines(lesions: list[dict], instances: Volume, probability: Volume,
     refined = labels.copy()
     refined.reshape(-1)[flat[below]] = 0
     # every lesion keeps at least its peak voxel (the cutoff is at most half the peak), so each is measured again
-    return remeasure(lesions, instances.with_array(refined)), instances.with_array(refined)
+    refined_instances = instances.with_array(refined)
+    return remeasure(lesions, refined_instances), refined_instances
 
 
 def remeasure(lesions: list[dict], instances: Volume) -> list[dict]:
