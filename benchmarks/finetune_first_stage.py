@@ -37,7 +37,7 @@ import torch
 
 import meddet.training.trainer as trainer
 from meddet.inference.models import resolve_model
-from meddet.inference.predictor import lesion_probability, load_model
+from meddet.inference.predictor import lesion_probability, load_model, with_grid_scaled
 from meddet.planning.dataset import load_dataset
 from meddet.planning.planner import save_plan
 from meddet.training.augment import LesionVoxels
@@ -91,7 +91,7 @@ def main() -> None:
     model_path = resolve_model(args.model)
     model = load_model(model_path)
     state = torch.load(model_path, weights_only=False)  # the file the fine-tuned weights are written back into
-    plan = json.loads(json.dumps(model.plan))
+    plan = json.loads(json.dumps(with_grid_scaled(model, args.grid_zoom).plan))
     plan["dataset"] = str(args.dataset.resolve())
     plan["training"].update(validate_every=args.iterations, patch_centre="lesion",
                             texture_noise_probability=args.texture_noise)
@@ -99,7 +99,6 @@ def main() -> None:
         plan["training"]["precision"] = args.precision
     if args.learning_rate:
         plan["training"]["learning_rate"] = args.learning_rate
-    plan["target_spacing"] = [round(s * args.grid_zoom, 4) for s in plan["target_spacing"]]
     args.out.mkdir(parents=True, exist_ok=True)
     plan_path = save_plan(plan, args.out / "plan.json")
 
