@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--from-scratch", action="store_true",
                         help="train a fresh network for --iterations instead of continuing the model's weights")
     parser.add_argument("--learning-rate", type=float, default=None,
-                        help="base rate of the poly schedule (default: the plan's; the run starts at ~0.17 of it)")
+                        help="base rate of the poly schedule (default: the plan's; a fine-tune starts at ~0.17 of it)")
     args = parser.parse_args()
     model_path = resolve_model(args.model)
     model = load_model(model_path)
