@@ -271,6 +271,42 @@ def test_large_masses_are_opt_in_and_leave_the_spec_draws_alone():
     assert 30 <= sum(half) <= 70
 
 
+def test_small_nodules_are_opt_in_and_come_after_the_spec_draws():
+    seeds = range(100)
+    extra = []
+    for s in seeds:
+        spec_draws = sample_lesion_specs_for_seed(s)
+        assert sample_lesion_specs_for_seed(s, small_nodules=0) == spec_draws
+        specs = sample_lesion_specs_for_seed(s, small_nodules=3)
+        assert specs[:len(spec_draws)] == spec_draws and len(specs) == len(spec_draws) + 3
+        extra += specs[len(spec_draws):]
+    assert all(3.0 <= x.diameter_mm <= 6.0 and x.kind in ("solid", "ground-glass") for x in extra)
+    locations = Counter(x.location for x in extra)
+    assert 0.5 < locations["juxtavascular"] / len(extra) < 0.7
+    assert set(locations) == {"juxtavascular", "parenchymal", "perifissural", "juxtapleural"}
+    assert 0.4 < sum(x.kind == "solid" for x in extra) / len(extra) < 0.6
+
+
+def test_extra_small_nodules_are_placed_and_leave_the_spec_nodules_where_they_were():
+    for k in range(10):
+        seed = case_seed(11, k)
+        plain = plan_case(seed, small=True)
+        if plain.nodules:
+            break
+    else:
+        raise AssertionError("no nodule placed in 10 small cases")
+    richer = plan_case(seed, small=True, small_nodules=4)
+    assert len(richer.nodules) > len(plain.nodules)
+    for before, after in zip(plain.nodules, richer.nodules):
+        assert before.spec == after.spec
+        np.testing.assert_allclose(before.center, after.center)
+    added = richer.nodules[len(plain.nodules):]
+    assert all(n.spec.diameter_mm <= 6.0 for n in added)
+    labels, kept = _ground_truth(richer)
+    added_with_voxels = {n.id for n in added} & set(np.unique(labels).tolist()) & {n.id for n, _, _ in kept}
+    assert added_with_voxels, "none of the extra small nodules made it into the ground truth"
+
+
 def test_a_placed_large_mass_has_ground_truth_beyond_35_mm():
     for k in range(20):
         plan = plan_case(case_seed(5, k), small=True, large_mass_probability=1.0)

@@ -72,6 +72,8 @@ def phantom(
     append: bool = typer.Option(False, "--append", help="Add the cases after those already in OUT (e.g. mix small and full-size)."),
     large_masses: float = typer.Option(0.0, "--large-masses", min=0.0, max=1.0,
                                        help="Beyond the spec, for training data: the probability that a case gets one extra 35-70 mm mass."),
+    small_nodules: int = typer.Option(0, "--small-nodules", min=0, max=10,
+                                      help="Beyond the spec, for training data: extra 3-6 mm nodules per case, mostly juxtavascular, solid or ground glass."),
 ) -> None:
     """Generate synthetic chest CTs with lung nodules and exact ground truth (see docs/phantom.md)."""
     import time
@@ -79,7 +81,8 @@ def phantom(
     from meddet.phantom import generate_dataset
 
     start = time.perf_counter()
-    generate_dataset(out, n=n, seed=seed, small=small, pet=pet, append=append, large_mass_probability=large_masses)
+    generate_dataset(out, n=n, seed=seed, small=small, pet=pet, append=append, large_mass_probability=large_masses,
+                     small_nodules=small_nodules)
     console.print(f"Wrote {n} phantom case(s) to {out} in {time.perf_counter() - start:.1f} s")
 
 

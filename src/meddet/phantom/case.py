@@ -22,13 +22,14 @@ from meddet.phantom.nodules import (
     place_nodules,
     sample_large_mass,
     sample_lesion_specs,
+    sample_small_nodule,
 )
 from meddet.phantom.pet import make_pet
 from meddet.phantom.vessels import build_pulmonary_trees
 from meddet.volume import Volume
 
 GENERATOR_VERSION = "phantom-spec-v1"
-_STREAMS = ("geometry", "anatomy", "trees", "lesions", "placement", "noise", "pet", "identity", "texture", "large_mass")
+_STREAMS = ("geometry", "anatomy", "trees", "lesions", "placement", "noise", "pet", "identity", "texture", "large_mass", "small_nodules")
 SUB_SLICE_MM = {False: 1.0, True: 1.5}  # thickest sub-slice of the slice-profile integration (full, small)
 CHUNK_VOXELS = 8_000_000
 
@@ -71,18 +72,24 @@ def case_seed(dataset_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(dataset_seed), int(index), 0x5EED]).generate_state(1, dtype=np.uint32)[0])
 
 
-def sample_lesion_specs_for_seed(seed: int, large_mass_probability: float = 0.0) -> list[LesionSpec]:
+def sample_lesion_specs_for_seed(seed: int, large_mass_probability: float = 0.0,
+                                 small_nodules: int = 0) -> list[LesionSpec]:
     """The lesions case ``seed`` asks for (before placement), without building or rendering anything.
 
     With ``large_mass_probability`` > 0 the case gets, with that probability, one extra mass beyond the spec
     (35-70 mm, :func:`meddet.phantom.nodules.sample_large_mass`) from its own random stream, placed first so the
-    smaller nodules fit around it; at 0 the lesions are exactly the spec's draws.
+    smaller nodules fit around it; at 0 the lesions are exactly the spec's draws. ``small_nodules`` > 0 adds that
+    many 3-6 mm nodules (:func:`meddet.phantom.nodules.sample_small_nodule`, also beyond the spec) from another
+    stream, after the spec's, so those are placed exactly where they would be without them.
     """
     specs = sample_lesion_specs(rng_for(seed, "lesions"))
     if large_mass_probability > 0:
         rng = rng_for(seed, "large_mass")
         if rng.random() < large_mass_probability:
             specs = [sample_large_mass(rng), *specs]
+    if small_nodules > 0:
+        rng = rng_for(seed, "small_nodules")
+        specs = [*specs, *(sample_small_nodule(rng) for _ in range(small_nodules))]
     return specs
 
 
@@ -116,7 +123,8 @@ class PhantomCase:
     info: dict = field(default_factory=dict)
 
 
-def plan_case(seed: int, small: bool = False, tilt_deg: float = 0.0, large_mass_probability: float = 0.0) -> CasePlan:
+def plan_case(seed: int, small: bool = False, tilt_deg: float = 0.0, large_mass_probability: float = 0.0,
+              small_nodules: int = 0) -> CasePlan:
     """All random choices of a case: geometry, anatomy, trees, nodules (placed), noise."""
     rg = rng_for(seed, "geometry")
     inplane = sample_inplane(rg, small)
@@ -125,7 +133,7 @@ def plan_case(seed: int, small: bool = False, tilt_deg: float = 0.0, large_mass_
     an = build_anatomy(ra, params)
     geom = sample_scan_geometry(rg, inplane, small, (params.z_rec, params.z_apex), tilt_deg)
     an.vessels, an.bronchi = build_pulmonary_trees(rng_for(seed, "trees"), an)
-    specs = sample_lesion_specs_for_seed(seed, large_mass_probability)
+    specs = sample_lesion_specs_for_seed(seed, large_mass_probability, small_nodules)
     nodules = place_nodules(rng_for(seed, "placement"), specs, an, geom)
     noise = NoiseModel.sample(rng_for(seed, "noise"))
     return CasePlan(seed=seed, small=small, geometry=geom, anatomy=an, specs=specs, nodules=nodules, noise=noise)
@@ -189,9 +197,10 @@ def _lesion_records(kept, labels: np.ndarray, ref: Volume, voxel_mm3: float) -> 
 
 
 def generate_case(seed: int, small: bool = False, pet: bool = False, tilt_deg: float = 0.0,
-                  keep_noiseless: bool = False, large_mass_probability: float = 0.0) -> PhantomCase:
+                  keep_noiseless: bool = False, large_mass_probability: float = 0.0,
+                  small_nodules: int = 0) -> PhantomCase:
     """Generate one synthetic chest CT (and optionally its PET channel) with exact nodule ground truth."""
-    plan = plan_case(seed, small, tilt_deg, large_mass_probability)
+    plan = plan_case(seed, small, tilt_deg, large_mass_probability, small_nodules)
     geom, an = plan.geometry, plan.anatomy
     labels, kept = _ground_truth(plan)
     nodules = [k[0] for k in kept]
@@ -251,7 +260,7 @@ def generate_case(seed: int, small: bool = False, pet: bool = False, tilt_deg: f
     lesions = _lesion_records(kept, labels, image_vol, geom.voxel_volume_mm3)
     info = {
         "seed": int(seed), "small": bool(small), "tilt_deg": float(tilt_deg),
-        "large_mass_probability": float(large_mass_probability),
+        "large_mass_probability": float(large_mass_probability), "small_nodules": int(small_nodules),
         "spacing": list(geom.spacing), "shape": list(geom.shape), "slice_thickness": geom.slice_thickness,
         "psf_fwhm_mm": round(geom.psf_fwhm_mm, 3), "noise_sigma_hu": round(plan.noise.sigma_hu, 2),
         "noise_corr_px": round(plan.noise.corr_px, 3), "n_sub": n_sub,

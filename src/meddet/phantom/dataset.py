@@ -88,10 +88,12 @@ def _runs_of(dataset: dict) -> list[dict]:
 
 
 def generate_dataset(out_dir: str | Path, n: int, seed: int = 0, small: bool = False, pet: bool = False,
-                     dicom: bool = True, append: bool = False, large_mass_probability: float = 0.0) -> Path:
+                     dicom: bool = True, append: bool = False, large_mass_probability: float = 0.0,
+                     small_nodules: int = 0) -> Path:
     """Generate ``n`` cases into ``out_dir`` (created if needed), after its existing cases if ``append``.
 
-    ``large_mass_probability`` > 0 goes beyond the spec (each case may get one 35-70 mm mass): training data only.
+    ``large_mass_probability`` > 0 goes beyond the spec (each case may get one 35-70 mm mass), as does ``small_nodules``
+    > 0 (that many extra 3-6 mm nodules per case): training data only.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,13 +112,16 @@ def generate_dataset(out_dir: str | Path, n: int, seed: int = 0, small: bool = F
     for k in range(n):
         name = case_name(first + k)
         cs = case_seed(seed, k)
-        case = generate_case(cs, small=small, pet=pet, large_mass_probability=large_mass_probability)
+        case = generate_case(cs, small=small, pet=pet, large_mass_probability=large_mass_probability,
+                             small_nodules=small_nodules)
         case.image.metadata["patient_id"] = f"PHANTOM-{seed}-{k:04d}"
         training.append(write_case(case, out, name, uid_seed=f"meddet-phantom-{seed}-{k}-{cs}", dicom=dicom))
         del case
     run = {"seed": int(seed), "n": int(n), "first_case": case_name(first), "small": bool(small), "pet": bool(pet)}
     if large_mass_probability > 0:
         run["large_mass_probability"] = float(large_mass_probability)
+    if small_nodules > 0:
+        run["small_nodules"] = int(small_nodules)
     runs.append(run)
     dataset = {
         "name": "MeddetPhantomChestCT",
