@@ -3,9 +3,10 @@
 
 Usage:
     meddet phantom --out DATA --n 60 --seed 9100                # training phantoms (not dev or held-out seeds)
+    meddet phantom --out DATA --n 40 --seed 9300 --append --small-nodules 4   # or: rich in small nodules
     python benchmarks/finetune_first_stage.py DATA OUT [--model lung-nodule] [--iterations 2500]
         [--hard-weight 4] [--texture-noise 0.5] [--precision fp32] [--learning-rate 0.001] [--grid-zoom 0.75]
-        [--from-scratch]
+        [--from-scratch] [--loss dice_focal]
     meddet predict DEV/dicom -o PRED --model OUT/model.pt && meddet evaluate --pred PRED --truth DEV
 
 Why hard lesions: the bundled model misses two kinds of nodules (docs/models/lung-nodule.md, "Which nodules are
@@ -45,6 +46,7 @@ from meddet.planning.dataset import load_dataset
 from meddet.planning.planner import save_plan
 from meddet.training.augment import LesionVoxels
 from meddet.training.cache import build_cache, cache_dir_for, load_cached
+from meddet.training.losses import available_losses
 from meddet.training.trainer import CHECKPOINT_LAST, split_cases, train
 
 START = 15_000  # the iteration the bundled first stage stopped at (its model card)
@@ -90,6 +92,9 @@ def main() -> None:
                              "look 1.33 times larger)")
     parser.add_argument("--from-scratch", action="store_true",
                         help="train a fresh network for --iterations instead of continuing the model's weights")
+    parser.add_argument("--loss", choices=available_losses(), default=None,
+                        help="default: the plan's (dice_ce); dice_focal weights the voxels the network gets wrong, "
+                             "such as a small nodule's few voxels, far above the easy background")
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="base rate of the poly schedule (default: the plan's; a fine-tune starts at ~0.17 of it)")
     args = parser.parse_args()
@@ -104,6 +109,8 @@ def main() -> None:
         plan["training"]["precision"] = args.precision
     if args.learning_rate:
         plan["training"]["learning_rate"] = args.learning_rate
+    if args.loss:
+        plan["loss"] = {"name": args.loss}
     args.out.mkdir(parents=True, exist_ok=True)
     plan_path = save_plan(plan, args.out / "plan.json")
 
@@ -145,7 +152,7 @@ def main() -> None:
         "dataset": str(args.dataset), "iterations": args.iterations, "hard_weight": args.hard_weight,
         "hard_lesions": hard, "lesions": len(mined), "start": start, "texture_noise": args.texture_noise,
         "precision": plan["training"]["precision"], "learning_rate": plan["training"]["learning_rate"],
-        "grid_zoom": args.grid_zoom,
+        "grid_zoom": args.grid_zoom, "loss": plan["loss"]["name"],
     }
     state["plan"] = plan  # the working grid it was fine-tuned on
     torch.save(state, args.out / "model.pt")
