@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from meddet.errors import MeddetInputError
 from meddet.training.losses import DeepSupervisedLoss, available_losses, build_loss, build_training_loss
 
-ALL = ["dice", "dice_ce", "dice_focal", "focal"]
+ALL = ["dice", "dice_ce", "dice_ce_blob", "dice_focal", "focal"]
 
 
 def _labels() -> torch.Tensor:
@@ -44,7 +44,7 @@ def test_dice_totally_wrong_is_near_one() -> None:
     assert build_loss("dice")(_logits_for(labels, -20.0), labels).item() == pytest.approx(1.0, abs=1e-4)
 
 
-@pytest.mark.parametrize("name", ["dice_ce", "dice_focal", "focal"])
+@pytest.mark.parametrize("name", ["dice_ce", "dice_ce_blob", "dice_focal", "focal"])
 def test_totally_wrong_is_much_worse_than_right(name: str) -> None:
     labels = _labels()
     loss = build_loss(name)
@@ -122,3 +122,47 @@ def test_training_loss_follows_the_plans_heads() -> None:
     assert isinstance(build_training_loss(plan), DeepSupervisedLoss)
     plan["model"] = {"name": "swin_unetr"}
     assert not isinstance(build_training_loss(plan), DeepSupervisedLoss)
+
+
+def _big_and_small() -> torch.Tensor:
+    """One 16**3 patch: a 6**3 lesion (216 voxels) and, apart from it, a single-voxel lesion."""
+    labels = torch.zeros(1, 1, 16, 16, 16, dtype=torch.uint8)
+    labels[0, 0, 2:8, 2:8, 2:8] = 1
+    labels[0, 0, 12, 12, 12] = 1
+    return labels
+
+
+def test_blob_loss_charges_a_missed_small_lesion_as_much_as_a_missed_large_one() -> None:
+    labels = _big_and_small()
+    miss_small = _logits_for(labels, 20.0)
+    miss_small[0, :, 12, 12, 12] = torch.tensor([20.0, -20.0])  # confident background on the small lesion
+    miss_big = _logits_for(labels, 20.0)
+    miss_big[0, :, 2:8, 2:8, 2:8] = torch.tensor([20.0, -20.0])[:, None, None, None]
+    blob, dice = build_loss("dice_ce_blob").blob, build_loss("dice")
+    assert blob(miss_small, labels).item() == pytest.approx(0.5, abs=1e-3)  # one of two lesions fully missed
+    assert blob(miss_big, labels).item() == pytest.approx(0.5, abs=1e-3)
+    assert dice(miss_small, labels).item() < 0.01  # 1 of 217 voxels: the batch Dice hardly notices
+    assert build_loss("dice_ce_blob")(miss_small, labels) > 20 * build_loss("dice_ce")(miss_small, labels)
+
+
+def test_blob_loss_masks_the_other_lesions_but_not_false_positives() -> None:
+    labels = _big_and_small()
+    assert build_loss("dice_ce_blob").blob(_logits_for(labels, 20.0), labels).item() == pytest.approx(0.0, abs=1e-4)
+    false_positive = _logits_for(labels, 20.0)
+    false_positive[0, :, 14, 2:4, 2:4] = torch.tensor([-20.0, 20.0])[:, None, None]  # 4 voxels on background
+    # big lesion: 1 - 2*216/(216+4+216); single voxel: 1 - 2/(1+4+1)
+    expected = ((1 - 432 / 436) + (1 - 2 / 6)) / 2
+    assert build_loss("dice_ce_blob").blob(false_positive, labels).item() == pytest.approx(expected, abs=1e-3)
+
+
+def test_blob_loss_is_zero_without_lesions_and_keeps_gradients() -> None:
+    labels = torch.zeros(2, 1, 8, 8, 8, dtype=torch.uint8)
+    logits = torch.randn(2, 2, 8, 8, 8, requires_grad=True)
+    blob = build_loss("dice_ce_blob").blob(logits, labels)
+    assert blob.item() == 0.0
+    blob.backward()
+    assert logits.grad is not None
+    labels = _big_and_small()
+    logits = torch.zeros(1, 2, 16, 16, 16, requires_grad=True)
+    build_loss("dice_ce_blob")(logits, labels).backward()
+    assert logits.grad[0, 1, 12, 12, 12] < 0  # raising the small lesion's logit lowers the loss
