@@ -166,7 +166,8 @@ def available_losses() -> list[str]:
 
 
 def build_loss(name: str, **kw: Any) -> nn.Module:
-    """Loss ``name`` (dice, focal, dice_ce, dice_focal, dice_ce_blob); ``kw`` override the defaults in the module docstring.
+    """Loss ``name`` (dice, focal, dice_ce, dice_focal, dice_ce_blob); ``kw`` override the defaults in the module
+    docstring.
 
     Every loss is called as ``loss(logits, labels)`` with logits (B, C, D, H, W), C >= 2, and integer labels
     (B, 1, D, H, W) holding class indices, and returns a scalar.
