@@ -67,6 +67,16 @@ def sample_diameter(rng: np.random.Generator) -> float:
     return float(np.clip(d, *DIAMETER_RANGE_MM))
 
 
+def sample_shape(rng: np.random.Generator, d: float, kind: str, location: str) -> str:
+    """A nodule's shape given its size, type and location: masses over 30 mm mostly lobulated or spiculated, and
+    perifissural nodules mostly flat (ellipsoid) along their fissure."""
+    weights = MASS_SHAPE_WEIGHTS if d > 30 and kind in ("solid", "part-solid") else SHAPE_WEIGHTS[kind]
+    shape = str(rng.choice(SHAPES, p=np.asarray(weights) / np.sum(weights)))
+    if location == "perifissural" and rng.random() < 0.7:
+        shape = "ellipsoid"
+    return shape
+
+
 def sample_lesion_specs(rng: np.random.Generator) -> list[LesionSpec]:
     """The nodules of one case (0–6; none in about 30% of cases). No rendering: fast enough for statistics."""
     n = int(rng.choice(len(COUNT_WEIGHTS), p=COUNT_WEIGHTS))
@@ -81,10 +91,7 @@ def sample_lesion_specs(rng: np.random.Generator) -> list[LesionSpec]:
         location = str(rng.choice(LOCATIONS, p=LOCATION_WEIGHTS))
         if location == "perifissural":
             d = min(d, float(rng.uniform(4, 12)))
-        weights = MASS_SHAPE_WEIGHTS if d > 30 and kind in ("solid", "part-solid") else SHAPE_WEIGHTS[kind]
-        shape = str(rng.choice(SHAPES, p=np.asarray(weights) / np.sum(weights)))
-        if location == "perifissural" and rng.random() < 0.7:
-            shape = "ellipsoid"
+        shape = sample_shape(rng, d, kind, location)
         specs.append(LesionSpec(diameter_mm=round(d, 3), kind=kind, shape=shape, location=location))
     return specs
 
@@ -103,10 +110,7 @@ def sample_small_nodule(rng: np.random.Generator) -> LesionSpec:
     d = float(rng.uniform(*SMALL_NODULE_RANGE_MM))
     kind = str(rng.choice(list(SMALL_NODULE_KIND_WEIGHTS), p=list(SMALL_NODULE_KIND_WEIGHTS.values())))
     location = str(rng.choice(list(SMALL_NODULE_LOCATION_WEIGHTS), p=list(SMALL_NODULE_LOCATION_WEIGHTS.values())))
-    shape = str(rng.choice(SHAPES, p=np.asarray(SHAPE_WEIGHTS[kind]) / np.sum(SHAPE_WEIGHTS[kind])))
-    if location == "perifissural" and rng.random() < 0.7:
-        shape = "ellipsoid"
-    return LesionSpec(diameter_mm=round(d, 3), kind=kind, shape=shape, location=location)
+    return LesionSpec(diameter_mm=round(d, 3), kind=kind, shape=sample_shape(rng, d, kind, location), location=location)
 
 
 # ---------------------------------------------------------------------------------------------------- the nodule
