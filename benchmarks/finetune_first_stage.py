@@ -6,7 +6,7 @@ Usage:
     meddet phantom --out DATA --n 40 --seed 9300 --append --small-nodules 4   # or: rich in small nodules
     python benchmarks/finetune_first_stage.py DATA OUT [--model lung-nodule] [--iterations 2500]
         [--hard-weight 4] [--texture-noise 0.5] [--precision fp32] [--learning-rate 0.001] [--grid-zoom 0.75]
-        [--from-scratch] [--loss dice_focal]
+        [--from-scratch] [--loss dice_focal] [--loss-options JSON] [--widen 24,48,96,192,192]
     meddet predict DEV/dicom -o PRED --model OUT/model.pt && meddet evaluate --pred PRED --truth DEV
 
 Why hard lesions: the bundled model misses two kinds of nodules (docs/models/lung-nodule.md, "Which nodules are
@@ -25,6 +25,11 @@ Then ``meddet train`` resumes from the model's weights with a fresh optimiser at
 ``START + iterations`` long (the poly schedule starts at 0.17 of the base rate for 2500 of 17500), with each forced
 patch's lesion drawn by those weights; ``--from-scratch`` instead trains a freshly initialised network for
 ``iterations`` (the plan's full schedule), the fair test of a new grid, where fine-tuning carries the old grid's habits.
+Why widen: the first stage does not fit many small nodules of its own training cases, even fine-tuned on a dozen cases
+with them drawn eight times as often, although alone in a patch it learns one within 20 steps (``fit_one_lesion.py``);
+``--widen W`` tests whether capacity is what it lacks, without losing what it knows: each level gets W channels, the
+old channels keep their weights and get zero weights from the new ones (so the widened network computes exactly
+what the old one did), the new channels start from a fresh network's random weights and learn in the fine-tune.
 The written model is the input model file with the first stage's weights replaced: same second stage, thresholds and
 outline level.
 """
@@ -65,6 +70,40 @@ class WeightedLesions(LesionVoxels):
         return lesion[rng.integers(len(lesion))]
 
 
+def widen(state: dict, widths: list[int]) -> dict:
+    """The first stage's weights widened to ``widths`` channels per level, computing the same function (Net2Net-style).
+
+    Each new tensor starts from a freshly built network's (random) weights; the old block is copied in and the
+    weights from new input channels to old output channels are zeroed, so old channels see only old channels and
+    the output heads read only old channels. DynUNet's up blocks convolve ``cat(upsampled, skip)``, so there the old
+    input channels sit in two runs. Transposed convolutions store (in, out, ...) rather than (out, in, ...).
+    """
+    plan = json.loads(json.dumps(state["plan"]))
+    plan["model"]["channels"] = list(widths)
+    fresh = trainer.build_model_from_plan(plan).state_dict()
+    widened = {}
+    for key, new in fresh.items():
+        old = state["model"][key]
+        if old.shape == new.shape:
+            widened[key] = old.clone()
+            continue
+        transposed = "transp_conv" in key
+        out_old, in_old = (old.shape[1], old.shape[0]) if transposed else old.shape[:2]
+        out_new = new.shape[1] if transposed else new.shape[0]
+        inputs = list(range(in_old))
+        if "conv_block.conv1" in key:  # cat(upsampled: out channels, skip)
+            inputs = list(range(out_old)) + list(range(out_new, out_new + in_old - out_old))
+        weight = new.clone()
+        if transposed:
+            weight[:, :out_old] = 0
+            weight[inputs, :out_old] = old
+        else:
+            weight[:out_old] = 0
+            weight[:out_old, inputs] = old
+        widened[key] = weight
+    return {"model": widened, "plan": plan}
+
+
 def best_probability(model, image: np.ndarray, points: np.ndarray) -> float:
     """The model's highest lesion probability over ``points`` (voxels [z, y, x]) in a window centred on them."""
     patch = np.array(model.plan["patch_size"])
@@ -95,6 +134,10 @@ def main() -> None:
     parser.add_argument("--loss", choices=available_losses(), default=None,
                         help="default: the plan's (dice_ce); dice_focal weights the voxels the network gets wrong, "
                              "such as a small nodule's few voxels, far above the easy background")
+    parser.add_argument("--widen", default=None, help="channels per level, e.g. 24,48,96,192,192: widen the "
+                        "model's first stage (same function) before fine-tuning it")
+    parser.add_argument("--loss-options", type=json.loads, default={},
+                        help='options of --loss, e.g. \'{"lambda_lesion": 0.05}\'')
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="base rate of the poly schedule (default: the plan's; a fine-tune starts at ~0.17 of it)")
     args = parser.parse_args()
@@ -102,6 +145,9 @@ def main() -> None:
     model = load_model(model_path)
     state = torch.load(model_path, weights_only=False)  # the file the fine-tuned weights are written back into
     plan = json.loads(json.dumps(with_grid_scaled(model, args.grid_zoom).plan))
+    if args.widen:
+        state.update(widen(state, [int(w) for w in args.widen.split(",")]))
+        plan["model"]["channels"] = state["plan"]["model"]["channels"]
     plan["dataset"] = str(args.dataset.resolve())
     plan["training"].update(validate_every=args.iterations, patch_centre="lesion",
                             texture_noise_probability=args.texture_noise)
@@ -110,7 +156,7 @@ def main() -> None:
     if args.learning_rate:
         plan["training"]["learning_rate"] = args.learning_rate
     if args.loss:
-        plan["loss"] = {"name": args.loss}
+        plan["loss"] = {"name": args.loss, "options": args.loss_options}
     args.out.mkdir(parents=True, exist_ok=True)
     plan_path = save_plan(plan, args.out / "plan.json")
 
@@ -152,7 +198,7 @@ def main() -> None:
         "dataset": str(args.dataset), "iterations": args.iterations, "hard_weight": args.hard_weight,
         "hard_lesions": hard, "lesions": len(mined), "start": start, "texture_noise": args.texture_noise,
         "precision": plan["training"]["precision"], "learning_rate": plan["training"]["learning_rate"],
-        "grid_zoom": args.grid_zoom, "loss": plan["loss"]["name"],
+        "grid_zoom": args.grid_zoom, "loss": plan["loss"]["name"], "widen": args.widen,
     }
     state["plan"] = plan  # the working grid it was fine-tuned on
     torch.save(state, args.out / "model.pt")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from meddet.errors import MeddetInputError
 from meddet.training.losses import DeepSupervisedLoss, available_losses, build_loss, build_training_loss
 
-ALL = ["dice", "dice_ce", "dice_ce_blob", "dice_focal", "focal"]
+ALL = ["dice", "dice_ce", "dice_ce_blob", "dice_ce_lesion_ce", "dice_focal", "focal"]
 
 
 def _labels() -> torch.Tensor:
@@ -44,7 +44,7 @@ def test_dice_totally_wrong_is_near_one() -> None:
     assert build_loss("dice")(_logits_for(labels, -20.0), labels).item() == pytest.approx(1.0, abs=1e-4)
 
 
-@pytest.mark.parametrize("name", ["dice_ce", "dice_ce_blob", "dice_focal", "focal"])
+@pytest.mark.parametrize("name", ["dice_ce", "dice_ce_blob", "dice_ce_lesion_ce", "dice_focal", "focal"])
 def test_totally_wrong_is_much_worse_than_right(name: str) -> None:
     labels = _labels()
     loss = build_loss(name)
@@ -138,7 +138,7 @@ def test_blob_loss_charges_a_missed_small_lesion_as_much_as_a_missed_large_one()
     miss_small[0, :, 12, 12, 12] = torch.tensor([20.0, -20.0])  # confident background on the small lesion
     miss_big = _logits_for(labels, 20.0)
     miss_big[0, :, 2:8, 2:8, 2:8] = torch.tensor([20.0, -20.0])[:, None, None, None]
-    blob, dice = build_loss("dice_ce_blob").blob, build_loss("dice")
+    blob, dice = build_loss("dice_ce_blob").lesion_term, build_loss("dice")
     assert blob(miss_small, labels).item() == pytest.approx(0.5, abs=1e-3)  # one of two lesions fully missed
     assert blob(miss_big, labels).item() == pytest.approx(0.5, abs=1e-3)
     assert dice(miss_small, labels).item() < 0.01  # 1 of 217 voxels: the batch Dice hardly notices
@@ -147,18 +147,18 @@ def test_blob_loss_charges_a_missed_small_lesion_as_much_as_a_missed_large_one()
 
 def test_blob_loss_masks_the_other_lesions_but_not_false_positives() -> None:
     labels = _big_and_small()
-    assert build_loss("dice_ce_blob").blob(_logits_for(labels, 20.0), labels).item() == pytest.approx(0.0, abs=1e-4)
+    assert build_loss("dice_ce_blob").lesion_term(_logits_for(labels, 20.0), labels).item() == pytest.approx(0.0, abs=1e-4)
     false_positive = _logits_for(labels, 20.0)
     false_positive[0, :, 14, 2:4, 2:4] = torch.tensor([-20.0, 20.0])[:, None, None]  # 4 voxels on background
     # big lesion: 1 - 2*216/(216+4+216); single voxel: 1 - 2/(1+4+1)
     expected = ((1 - 432 / 436) + (1 - 2 / 6)) / 2
-    assert build_loss("dice_ce_blob").blob(false_positive, labels).item() == pytest.approx(expected, abs=1e-3)
+    assert build_loss("dice_ce_blob").lesion_term(false_positive, labels).item() == pytest.approx(expected, abs=1e-3)
 
 
 def test_blob_loss_is_zero_without_lesions_and_keeps_gradients() -> None:
     labels = torch.zeros(2, 1, 8, 8, 8, dtype=torch.uint8)
     logits = torch.randn(2, 2, 8, 8, 8, requires_grad=True)
-    blob = build_loss("dice_ce_blob").blob(logits, labels)
+    blob = build_loss("dice_ce_blob").lesion_term(logits, labels)
     assert blob.item() == 0.0
     blob.backward()
     assert logits.grad is not None
@@ -166,3 +166,30 @@ def test_blob_loss_is_zero_without_lesions_and_keeps_gradients() -> None:
     logits = torch.zeros(1, 2, 16, 16, 16, requires_grad=True)
     build_loss("dice_ce_blob")(logits, labels).backward()
     assert logits.grad[0, 1, 12, 12, 12] < 0  # raising the small lesion's logit lowers the loss
+
+
+def test_lesion_ce_is_each_lesions_mean_cross_entropy_averaged_over_lesions() -> None:
+    labels = _big_and_small()
+    logits = torch.zeros(1, 2, 16, 16, 16)  # P(lesion) 0.5 everywhere: -log 0.5 on every lesion voxel
+    lesion_ce = build_loss("dice_ce_lesion_ce").lesion_term
+    assert lesion_ce(logits, labels).item() == pytest.approx(math.log(2), abs=1e-5)
+    logits[0, 1, 12, 12, 12] = -3.0  # the single voxel: -log sigmoid(-3); the big lesion stays at log 2
+    expected = (math.log(2) - F.logsigmoid(torch.tensor(-3.0)).item()) / 2
+    assert lesion_ce(logits, labels).item() == pytest.approx(expected, abs=1e-5)
+    assert lesion_ce(logits, torch.zeros_like(labels)).item() == 0.0
+
+
+def test_lesion_ce_pulls_a_saturated_miss_where_dice_terms_cannot() -> None:
+    """A lesion the network is sure is background (P ~ 1e-9) gets almost no gradient from the pooled or the
+    per-lesion Dice, which act through a flat softmax; the per-lesion CE gives its logits ~1 in all."""
+    labels = _big_and_small()
+    logits = _logits_for(labels, 10.0)
+    logits[0, :, 12, 12, 12] = torch.tensor([10.0, -10.0])  # the single-voxel lesion: confidently missed
+    grads = {}
+    for name, loss in [("dice", build_loss("dice")), ("blob", build_loss("dice_ce_blob").lesion_term),
+                       ("lesion_ce", build_loss("dice_ce_lesion_ce").lesion_term)]:
+        x = logits.clone().requires_grad_(True)
+        loss(x, labels).backward()
+        grads[name] = -x.grad[0, 1, 12, 12, 12].item()  # how hard the loss pushes the lesion logit up
+    assert grads["lesion_ce"] == pytest.approx(0.5, abs=1e-3)  # (1 - P) / 1 voxel, averaged over 2 lesions
+    assert grads["dice"] < 1e-6 and grads["blob"] < 1e-6

@@ -93,7 +93,7 @@ def plan(
     gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", help="Plan for a GPU with this many GiB instead of this CPU."),
     step_seconds: float = typer.Option(2.0, "--step-seconds", help="CPU budget: seconds per training step."),
     model: Optional[str] = typer.Option(None, "--model", help="Override the model (see `meddet models`)."),
-    loss: Optional[str] = typer.Option(None, "--loss", help="Override the loss: dice, focal, dice_ce, dice_focal, dice_ce_blob (adds a per-lesion Dice term)."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="Override the loss: dice, focal, dice_ce, dice_focal, dice_ce_blob (adds a per-lesion Dice term), dice_ce_lesion_ce (adds a per-lesion cross-entropy)."),
     patch_size: Optional[str] = typer.Option(None, "--patch-size", help="Override the patch size, e.g. 32,96,96 (z,y,x)."),
     target_spacing: Optional[str] = typer.Option(None, "--target-spacing", help="Override the spacing, e.g. 1.3,1.3,2.5 (x,y,z mm)."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Override the number of training iterations."),

@@ -18,6 +18,9 @@ Defaults, and why (lung nodules are tiny: a 5 mm nodule is ~0.01 % of a 96**3 pa
   cross-entropy let a network drop a 3-6 mm nodule of a few voxels at almost no cost when a larger lesion shares the
   batch (docs/models/lung-nodule.md, "Limits"); averaged over lesions, a missed small nodule costs as much as a
   missed large one.
+- ``dice_ce_lesion_ce`` adds a per-lesion cross-entropy instead: a nodule the network is sure is background gets no
+  gradient from any Dice term (the softmax is flat there), so neither the batch Dice nor the blob term can revive it;
+  each lesion's mean ``-log P(lesion)`` can (:class:`LesionCELoss`).
 """
 
 from __future__ import annotations
@@ -89,13 +92,25 @@ class DiceFocalLoss(nn.Module):
         return self.lambda_dice * self.dice(logits, target) + self.lambda_focal * self.focal(logits, target)
 
 
+def lesion_components(target: torch.Tensor) -> list[tuple[int, torch.Tensor, int]]:
+    """Per batch sample with a lesion: (sample, component id of every voxel (D, H, W), count); 26-connected
+    components of the label, found on the CPU with cc3d (~1 ms per patch)."""
+    labels = target[:, 0].detach().cpu().numpy() > 0
+    found = []
+    for b in range(labels.shape[0]):
+        components, count = cc3d.connected_components(np.ascontiguousarray(labels[b]), connectivity=26, return_N=True)
+        if count:
+            found.append((b, torch.from_numpy(components.astype(np.int64)).to(target.device), int(count)))
+    return found
+
+
 class BlobDiceLoss(nn.Module):
-    """Mean over the batch's lesions (26-connected components of the label) of each lesion's soft Dice loss, the
-    other lesions' voxels masked out (blob loss, Kofler et al., IPMI 2023).
+    """Mean over the batch's lesions of each lesion's soft Dice loss, the other lesions' voxels masked out (blob
+    loss, Kofler et al., IPMI 2023).
 
     Lesion ``k``'s term sees its own voxels and the background: a false positive anywhere in the patch lowers every
     lesion's Dice, but another true lesion predicted correctly does not count against it. A batch without lesions
-    gives 0 (the global terms still act there). Components are found on the CPU with cc3d, ~1 ms per patch.
+    gives 0 (the global terms still act there).
     """
 
     def __init__(self, smooth: float = 1e-5) -> None:
@@ -104,36 +119,62 @@ class BlobDiceLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         lesion = torch.softmax(logits.float(), dim=1)[:, 1:].sum(dim=1)  # P(any lesion class), (B, D, H, W)
-        labels = target[:, 0].detach().cpu().numpy() > 0
         terms = []
-        for b in range(labels.shape[0]):
-            components, count = cc3d.connected_components(np.ascontiguousarray(labels[b]), connectivity=26,
-                                                          return_N=True)
-            if count == 0:
-                continue
-            components_t = torch.from_numpy(components.astype(np.int64)).to(logits.device)
-            background = components_t == 0
-            p_background = (lesion[b] * background).sum()
-            for k in range(1, int(count) + 1):
-                own = components_t == k
+        for b, components, count in lesion_components(target):
+            p_background = (lesion[b] * (components == 0)).sum()
+            for k in range(1, count + 1):
+                own = components == k
                 p_own = (lesion[b] * own).sum()
                 dice = (2 * p_own + self.smooth) / (p_own + p_background + own.sum() + self.smooth)
                 terms.append(1 - dice)
         return torch.stack(terms).mean() if terms else lesion.sum() * 0.0
 
 
-class DiceCEBlobLoss(nn.Module):
-    """``dice_ce`` plus ``lambda_blob`` times :class:`BlobDiceLoss`: the global terms keep the outlines and the
-    background calibrated, the per-lesion term makes every nodule count alike."""
+class LesionCELoss(nn.Module):
+    """Mean over the batch's lesions of each lesion's mean cross-entropy, ``-log P(lesion)`` over its own voxels.
 
-    def __init__(self, lambda_blob: float = 1.0, **kw: Any) -> None:
-        super().__init__()
-        self.global_loss = _dice_ce(**kw)
-        self.blob = BlobDiceLoss()
-        self.lambda_blob = lambda_blob
+    Why, beside the Dice terms: a nodule the network is sure is background (P ~ 1e-7, a small juxtavascular nodule
+    taken for a vessel) gets no gradient from any Dice term, pooled or per lesion, because Dice acts on
+    probabilities and the softmax is flat there; the plain cross-entropy does act, but averaged over every voxel of
+    the batch its few voxels weigh ~1e-5. Here each lesion's term has a gradient of ~1 in all on its logits however
+    sure the network is, and every lesion counts alike. It only pulls lesion voxels up; the global Dice + CE keep
+    the background down (at weight 1 they do not: docs/models/lung-nodule.md, "Limits"). A batch without lesions
+    gives 0.
+    """
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.global_loss(logits, target) + self.lambda_blob * self.blob(logits, target)
+        log_p = torch.log_softmax(logits.float(), dim=1)
+        log_lesion = torch.logsumexp(log_p[:, 1:], dim=1)  # log P(any lesion class), (B, D, H, W)
+        terms = []
+        for b, components, count in lesion_components(target):
+            ids = components.flatten()
+            inside = ids > 0
+            losses = -log_lesion[b].flatten()[inside]
+            sums = torch.zeros(count + 1, device=logits.device).index_add(0, ids[inside], losses)
+            terms.append(sums[1:] / torch.bincount(ids[inside], minlength=count + 1)[1:].to(sums.dtype))
+        return torch.cat(terms).mean() if terms else log_lesion.sum() * 0.0
+
+
+class DiceCEWithLesionTerm(nn.Module):
+    """``dice_ce`` plus ``weight`` times a per-lesion term: the global terms keep the outlines and the background
+    calibrated, the per-lesion term makes every nodule count alike."""
+
+    def __init__(self, lesion_term: nn.Module, weight: float, **kw: Any) -> None:
+        super().__init__()
+        self.global_loss = _dice_ce(**kw)
+        self.lesion_term = lesion_term
+        self.weight = weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.global_loss(logits, target) + self.weight * self.lesion_term(logits, target)
+
+
+def _dice_ce_blob(lambda_blob: float = 1.0, **kw: Any) -> nn.Module:
+    return DiceCEWithLesionTerm(BlobDiceLoss(), lambda_blob, **kw)
+
+
+def _dice_ce_lesion_ce(lambda_lesion: float = 1.0, **kw: Any) -> nn.Module:
+    return DiceCEWithLesionTerm(LesionCELoss(), lambda_lesion, **kw)
 
 
 def _dice(**kw: Any) -> nn.Module:
@@ -156,7 +197,8 @@ _LOSSES: dict[str, Callable[..., nn.Module]] = {
     "focal": _focal,
     "dice_ce": _dice_ce,
     "dice_focal": DiceFocalLoss,
-    "dice_ce_blob": DiceCEBlobLoss,
+    "dice_ce_blob": _dice_ce_blob,
+    "dice_ce_lesion_ce": _dice_ce_lesion_ce,
 }
 
 
@@ -166,8 +208,8 @@ def available_losses() -> list[str]:
 
 
 def build_loss(name: str, **kw: Any) -> nn.Module:
-    """Loss ``name`` (dice, focal, dice_ce, dice_focal, dice_ce_blob); ``kw`` override the defaults in the module
-    docstring.
+    """Loss ``name`` (dice, focal, dice_ce, dice_focal, dice_ce_blob, dice_ce_lesion_ce); ``kw`` override the defaults
+    in the module docstring.
 
     Every loss is called as ``loss(logits, labels)`` with logits (B, C, D, H, W), C >= 2, and integer labels
     (B, 1, D, H, W) holding class indices, and returns a scalar.
@@ -203,7 +245,8 @@ class DeepSupervisedLoss(nn.Module):
 
 
 def build_training_loss(plan: dict[str, Any]) -> nn.Module:
-    """The plan's loss, wrapped for the model's deep-supervision heads when it has any."""
-    loss = build_loss(plan["loss"]["name"])
+    """The plan's loss (``{"name": ..., "options": {...}}``, options e.g. ``lambda_lesion``), wrapped for the model's
+    deep-supervision heads when it has any."""
+    loss = build_loss(plan["loss"]["name"], **plan["loss"].get("options", {}))
     heads = int(plan["model"].get("deep_supervision", 0))
     return DeepSupervisedLoss(loss, heads) if heads > 0 else loss
