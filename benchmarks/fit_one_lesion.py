@@ -97,15 +97,12 @@ def main() -> None:
     windows = [window(case.image.shape[1:], patch, centre), window(case.image.shape[1:], patch, centre + shift)]
     images = [torch.as_tensor(np.ascontiguousarray(case.image[(slice(None), *w)]))[None] for w in windows]
     target = torch.as_tensor(np.ascontiguousarray(case.label[windows[0]]).astype(np.int64))[None, None]
-    masks = []
-    for w in windows:
-        inside = np.zeros(case.image.shape[1:], bool)
-        inside[tuple(points.T)] = True
-        masks.append(torch.as_tensor(inside[w])[None, None])
+    inside = np.zeros(case.image.shape[1:], bool)
+    inside[tuple(points.T)] = True
+    masks = [torch.as_tensor(inside[w])[None, None] for w in windows]
     print(f"{args.case} lesion {args.lesion_id}: {nodule['diameter_mm']:.1f} mm {nodule['type']} {nodule['location']}, "
           f"{int(masks[0].sum())} working-grid voxels within its radius, {int(target.sum())} lesion voxels in the "
-          f"patch; "
-          f"{precision}, learning rate {args.learning_rate:g}")
+          f"patch; {precision}, learning rate {args.learning_rate:g}")
 
     def probe() -> str:
         network.eval()
